@@ -1,0 +1,44 @@
+//! cartesia-gateway: a TLS-terminating reverse proxy that lets browser apps
+//! use Cartesia's text-to-speech and speech-to-text APIs without ever seeing
+//! the Cartesia API key.
+//!
+//! Layout:
+//! - [`config`] parses and validates the TOML config and its environment overrides.
+//! - [`tls`] builds the rustls server and client configs.
+//! - [`server`] accepts TLS connections and serves HTTP/1.1 and HTTP/2 until shutdown.
+//! - [`gateway`] holds the shared state and runs each request through the checks.
+//! - [`routes`] is the fixed table of forwarded Cartesia endpoints.
+//! - [`session`] finds and verifies the app's session JWT.
+//! - [`tokens`] mints and caches per-user Cartesia access tokens.
+//! - [`upstream`] is the pooled client to the Cartesia API and its header rules.
+//! - [`proxy`] streams the HTTP routes.
+//! - [`websocket`] handles WebSocket handshakes and relays messages.
+//! - [`query`] reads and rewrites query strings.
+//! - [`body`] defines the body types of both legs.
+//! - [`error`] maps every failure to one JSON response.
+//! - [`secret`] keeps secrets out of logs.
+//! - [`shutdown`] coordinates graceful shutdown.
+//! - [`telemetry`] sets up logging.
+//! - `stand_in` (feature `stand-in`) is a local fake of the Cartesia API for
+//!   tests and the demo; the gateway itself never uses it.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod proxy;
+pub mod query;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+pub mod tokens;
+pub mod upstream;
+pub mod websocket;
+
+pub use config::Config;
+pub use gateway::{Gateway, StartupError};
+pub use server::serve;

@@ -1,1 +1,92 @@
-fn main() {}
+//! The `cartesia-gateway` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cartesia_gateway::{Config, Gateway, telemetry};
+
+const USAGE: &str = "\
+Usage: cartesia-gateway [--config PATH]
+
+Runs the gateway with the config file at PATH (default: config.toml).
+
+Options:
+  --config PATH   config file to read
+  -h, --help      print this help
+  -V, --version   print the version";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut config_path = PathBuf::from("config.toml");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("cartesia-gateway {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "--config" => match args.next() {
+                Some(path) => config_path = PathBuf::from(path),
+                None => return usage_error("--config needs a path"),
+            },
+            other => return usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    match run(config_path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}\n\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn run(config_path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    telemetry::init(&config.log)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
+    runtime.block_on(async move {
+        let listen = config.server.listen;
+        let gateway = Gateway::new(config, |name| std::env::var(name).ok())
+            .map_err(|error| error.to_string())?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| format!("cannot listen on {listen} (server.listen): {error}"))?;
+        cartesia_gateway::serve(listener, Arc::new(gateway), shutdown_signal())
+            .await
+            .map_err(|error| error.to_string())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

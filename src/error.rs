@@ -1,0 +1,204 @@
+//! Gateway errors and the one place that turns them into HTTP responses.
+//!
+//! Every error knows which side caused it, which fixes its status class:
+//! client mistakes are 4xx, upstream failures 502 or 504, and the gateway's
+//! own faults 500. Response bodies are `{"error": CODE, "message": TEXT}`
+//! with a stable code and a fixed message; no token, header value or
+//! validation detail is ever echoed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_VERSION};
+use http::{Method, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::{self, ResponseBody};
+use crate::routes::Grant;
+use crate::session::SessionError;
+use crate::tokens::MintError;
+use crate::websocket::HandshakeError;
+
+/// Which party caused an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// Any failure that ends a request with a gateway-made response.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no forwarded route has this path")]
+    NotFound,
+    #[error("method not allowed; the route accepts {allowed}")]
+    MethodNotAllowed { allowed: Method },
+    #[error("session rejected: {0}")]
+    Session(#[from] SessionError),
+    #[error("session lacks the {} grant", grant.as_str())]
+    GrantMissing { grant: Grant },
+    #[error("invalid WebSocket handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("minting a Cartesia access token failed: {0}")]
+    Mint(Arc<MintError>),
+    #[error("connecting to the upstream failed: {0}")]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    #[error("the upstream did not send a response head in time")]
+    UpstreamTimeout,
+    #[error("the upstream answered a WebSocket handshake incorrectly: {0}")]
+    UpstreamHandshake(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl GatewayError {
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::NotFound
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::Session(_)
+            | GatewayError::GrantMissing { .. }
+            | GatewayError::Handshake(_) => Side::Client,
+            GatewayError::Mint(_)
+            | GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamHandshake(_) => Side::Upstream,
+            GatewayError::Internal(_) => Side::Gateway,
+        }
+    }
+
+    /// The status, stable code and fixed message sent to the client.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            GatewayError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "The gateway does not forward this path.",
+            ),
+            GatewayError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This route does not accept the request method.",
+            ),
+            GatewayError::Session(error) => {
+                (StatusCode::UNAUTHORIZED, error.code(), error.message())
+            }
+            GatewayError::GrantMissing { .. } => (
+                StatusCode::FORBIDDEN,
+                "grant_missing",
+                "The session does not grant access to this route.",
+            ),
+            GatewayError::Handshake(error) => (error.status(), error.code(), error.message()),
+            GatewayError::Mint(_) => (
+                StatusCode::BAD_GATEWAY,
+                "token_mint_failed",
+                "The gateway could not obtain a Cartesia access token.",
+            ),
+            GatewayError::UpstreamConnect(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "The gateway could not reach the Cartesia API.",
+            ),
+            GatewayError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "The Cartesia API did not answer in time.",
+            ),
+            GatewayError::UpstreamHandshake(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_protocol_error",
+                "The Cartesia API answered the WebSocket handshake incorrectly.",
+            ),
+            GatewayError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "The gateway failed to handle the request.",
+            ),
+        }
+    }
+
+    /// Builds the response for this error.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let (status, code, message) = self.parts();
+        let mut response = json_error(status, code, message);
+        match self {
+            GatewayError::MethodNotAllowed { allowed } => {
+                let allow = if *allowed == Method::GET {
+                    HeaderValue::from_static("GET")
+                } else {
+                    HeaderValue::from_static("POST")
+                };
+                response.headers_mut().insert(ALLOW, allow);
+            }
+            GatewayError::Handshake(HandshakeError::UnsupportedVersion) => {
+                // RFC 6455 section 4.4: name the version the server speaks.
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: &'static str,
+}
+
+/// Builds a `{"error", "message"}` JSON response.
+pub fn json_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+) -> Response<ResponseBody> {
+    let json = serde_json::to_vec(&ErrorBody {
+        error: code,
+        message,
+    })
+    .unwrap_or_default();
+    let mut response = Response::new(body::full(Bytes::from(json)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_decides_status_class() {
+        let cases = [
+            GatewayError::NotFound,
+            GatewayError::GrantMissing { grant: Grant::Tts },
+            GatewayError::UpstreamTimeout,
+            GatewayError::UpstreamHandshake("missing accept"),
+            GatewayError::Internal("test"),
+        ];
+        for error in cases {
+            let status = error.parts().0;
+            match error.side() {
+                Side::Client => assert!(status.is_client_error(), "{error}"),
+                Side::Upstream => assert!(status.is_server_error(), "{error}"),
+                Side::Gateway => assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+    }
+
+    #[test]
+    fn method_not_allowed_names_allowed_method() {
+        let response = GatewayError::MethodNotAllowed {
+            allowed: Method::POST,
+        }
+        .to_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "POST");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,241 @@
+//! The gateway's shared state and its request handler: route lookup,
+//! session check, token lookup, then hand-off to the HTTP proxy or the
+//! WebSocket relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use jsonwebtoken::DecodingKey;
+use tracing::Instrument;
+
+use crate::body::ResponseBody;
+use crate::config::{API_KEY_ENV, Config, ConfigError};
+use crate::error::{GatewayError, Side};
+use crate::routes::{Route, RouteKind};
+use crate::secret::Secret;
+use crate::session::{self, CredentialSource, Session, SessionVerifier};
+use crate::shutdown::Shutdown;
+use crate::tls::{self, ServerTls, TlsError};
+use crate::tokens::{MintedToken, TokenCache, TokenSource};
+use crate::upstream::Upstream;
+use crate::{proxy, websocket};
+
+/// A reason the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    pub(crate) config: Config,
+    pub(crate) sessions: SessionVerifier,
+    pub(crate) tokens: TokenCache,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) tls: ServerTls,
+}
+
+/// A request that passed the session and grant checks, with its token.
+pub struct Authorized {
+    pub route: Route,
+    pub session: Arc<Session>,
+    pub credential: CredentialSource,
+    pub token: Arc<MintedToken>,
+    pub token_source: TokenSource,
+}
+
+/// Per-connection facts the handler needs.
+#[derive(Clone)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub shutdown: Shutdown,
+}
+
+impl Gateway {
+    /// Loads certificates and key material named in `config` and reads
+    /// secrets through `read_env`, which tests replace.
+    pub fn new(
+        config: Config,
+        read_env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Gateway, StartupError> {
+        let tls = tls::server_config(&config.server.cert_file, &config.server.key_file)?;
+        let client_tls = tls::client_config(config.upstream.ca_file.as_deref())?;
+        let api_key = load_api_key(&config, &read_env)?;
+        let session_key: DecodingKey = session::load_decoding_key(&config.session, &read_env)?;
+        let upstream = Arc::new(Upstream::new(&config.upstream, client_tls));
+        Ok(Gateway {
+            sessions: SessionVerifier::new(&config.session, session_key),
+            tokens: TokenCache::new(&config.tokens, Arc::clone(&upstream), &api_key),
+            upstream,
+            tls,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn server_tls(&self) -> ServerTls {
+        Arc::clone(&self.tls)
+    }
+
+    /// Handles one client request; errors become JSON responses here.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        connection: Connection,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = Route::from_path(request.uri().path());
+        let span = tracing::info_span!(
+            "req",
+            method = %method,
+            route = route.map_or("unknown", Route::path),
+        );
+        async move {
+            let result = match route {
+                None => Err(GatewayError::NotFound),
+                Some(route) => self.dispatch(route, request, &connection).await,
+            };
+            match result {
+                Ok(response) => {
+                    tracing::debug!(
+                        status = response.status().as_u16(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "response head sent"
+                    );
+                    response
+                }
+                Err(error) => {
+                    log_error(&error);
+                    error.to_response()
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        mut request: Request<Incoming>,
+        connection: &Connection,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        if request.method() != route.method() {
+            return Err(GatewayError::MethodNotAllowed {
+                allowed: route.method(),
+            });
+        }
+        match route.kind() {
+            RouteKind::Http => {
+                let authorized = self
+                    .authorize(route, request.headers(), request.uri().query())
+                    .await?;
+                proxy::forward(self, request, &authorized).await
+            }
+            RouteKind::WebSocket => {
+                let handshake = websocket::ClientHandshake::validate(&mut request)?;
+                let authorized = self
+                    .authorize(route, request.headers(), request.uri().query())
+                    .await?;
+                websocket::forward(self, request, handshake, &authorized, connection).await
+            }
+        }
+    }
+
+    /// Checks the session and grant for `route`, then fetches its token.
+    async fn authorize(
+        &self,
+        route: Route,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Authorized, GatewayError> {
+        let websocket = route.kind() == RouteKind::WebSocket;
+        let (token, credential) =
+            session::extract(headers, query, &self.config.session.cookie_name, websocket)?;
+        let session = self.sessions.verify(&token)?;
+        let grant = route.grant();
+        if !session.grants.contains(grant) {
+            return Err(GatewayError::GrantMissing { grant });
+        }
+        let (token, token_source) = self
+            .tokens
+            .get(&session.user_id, grant)
+            .await
+            .map_err(GatewayError::Mint)?;
+        tracing::debug!(
+            user.id = %session.user_id,
+            credential = credential.as_str(),
+            token.source = token_source.as_str(),
+            token.fingerprint = %token.fingerprint,
+            "request authorized"
+        );
+        Ok(Authorized {
+            route,
+            session,
+            credential,
+            token,
+            token_source,
+        })
+    }
+}
+
+/// Logs an error once, at the level its side calls for.
+fn log_error(error: &GatewayError) {
+    match (error, error.side()) {
+        (GatewayError::Session(session), _) => {
+            tracing::info!(reason = session.reason(), "session rejected");
+        }
+        (GatewayError::GrantMissing { grant }, _) => {
+            tracing::info!(
+                reason = "grant_missing",
+                grant = grant.as_str(),
+                "request denied"
+            );
+        }
+        (_, Side::Client) => tracing::debug!(error = %error, "client error"),
+        (_, Side::Upstream) => tracing::warn!(error = %error, "upstream error"),
+        (_, Side::Gateway) => tracing::warn!(error = %error, "internal error"),
+    }
+}
+
+fn load_api_key(
+    config: &Config,
+    read_env: &impl Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    let (key, value) = match &config.upstream.api_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Invalid {
+                key: "upstream.api_key_file".to_owned(),
+                message: format!("cannot read {}: {error}", path.display()),
+            })?;
+            ("upstream.api_key_file", text.trim().to_owned())
+        }
+        None => {
+            let value = read_env(API_KEY_ENV).ok_or_else(|| ConfigError::Invalid {
+                key: "upstream.api_key_file".to_owned(),
+                message: format!(
+                    "no Cartesia API key: set the {API_KEY_ENV} environment variable or upstream.api_key_file"
+                ),
+            })?;
+            ("upstream.api_key_file", value.trim().to_owned())
+        }
+    };
+    if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid {
+            key: key.to_owned(),
+            message: "the Cartesia API key is empty or contains spaces or control characters"
+                .to_owned(),
+        });
+    }
+    Ok(Secret::new(value))
+}

@@ -1,0 +1,173 @@
+//! The HTTPS listener: accepts TCP connections, terminates TLS, serves
+//! HTTP/1.1 and HTTP/2 (chosen by ALPN) and shuts down gracefully.
+//!
+//! A client that speaks plain HTTP to the TLS port gets a fixed 400
+//! response and the connection is closed; no handler runs for it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::gateway::{Connection, Gateway};
+use crate::shutdown::{Shutdown, ShutdownController};
+
+/// First byte of a TLS handshake record (RFC 8446 section 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Pause after an `accept` error such as running out of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: application/json\r\n\
+connection: close\r\n\
+content-length: 79\r\n\
+\r\n\
+{\"error\":\"https_required\",\"message\":\"This port serves HTTPS only; use https.\"}";
+
+/// Serves the gateway on `listener` until `shutdown` completes, then stops
+/// accepting, lets open requests and WebSockets finish, and returns once
+/// they have or the configured shutdown timeout has passed.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let controller = ShutdownController::new();
+    let acceptor = TlsAcceptor::from(gateway.server_tls());
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Some(handle) = controller.handle() else {
+            break;
+        };
+        let span = tracing::debug_span!("conn", client.addr = %peer);
+        let task = serve_connection(stream, peer, acceptor.clone(), Arc::clone(&gateway), handle);
+        tokio::spawn(task.instrument(span));
+    }
+    drop(listener);
+
+    let timeout = gateway.config().server.shutdown_timeout;
+    tracing::info!(
+        timeout_secs = timeout.as_secs(),
+        "shutting down; draining connections"
+    );
+    if controller.shutdown(timeout).await {
+        tracing::info!("all connections drained");
+    } else {
+        tracing::warn!("shutdown timeout passed with connections still open");
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    gateway: Arc<Gateway>,
+    mut shutdown: Shutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let handshake_timeout = gateway.config().server.tls_handshake_timeout;
+    let tls = match tokio::time::timeout(handshake_timeout, accept_tls(stream, &acceptor)).await {
+        Ok(Some(tls)) => tls,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+
+    let connection = Connection {
+        peer,
+        shutdown: shutdown.clone(),
+    };
+    let handler_gateway = Arc::clone(&gateway);
+    let service = service_fn(move |request| {
+        let gateway = Arc::clone(&handler_gateway);
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(gateway.config().server.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = shutdown.signalled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Completes the TLS handshake, or answers a plain-HTTP client with a 400
+/// and returns `None`.
+async fn accept_tls(
+    mut stream: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) => {}
+        _ => return None,
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        if first[0].is_ascii_alphabetic() {
+            tracing::debug!("plain HTTP on the TLS port; answered 400");
+            let _ = stream.write_all(PLAIN_HTTP_RESPONSE).await;
+            let _ = stream.shutdown().await;
+        }
+        return None;
+    }
+    match acceptor.accept(stream).await {
+        Ok(tls) => Some(tls),
+        Err(error) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_response_has_correct_length() {
+        let text = std::str::from_utf8(PLAIN_HTTP_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "https_required");
+    }
+}

@@ -1,0 +1,164 @@
+//! WebSocket routes: handshake with the client, handshake with the upstream,
+//! then a message relay between the two.
+//!
+//! The client gets its 101 only after the upstream has answered 101, with the
+//! upstream's chosen subprotocol. When the upstream refuses the upgrade, its
+//! status, headers and body reach the client as an ordinary HTTP response and
+//! the client connection stays plain HTTP.
+//!
+//! The gateway offers no extension upstream and accepts none, so
+//! `permessage-deflate` is never negotiated on either leg. The relay parses
+//! frames, which lets the gateway close a WebSocket itself with a proper
+//! close frame and count messages; compression would force it to inflate and
+//! deflate every audio frame.
+
+mod handshake;
+mod relay;
+
+pub use handshake::{ClientHandshake, HandshakeError, check_upstream_answer};
+pub use relay::{RelaySummary, relay};
+
+use bytes::Bytes;
+use http::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tracing::Instrument;
+
+use crate::body::{self, ResponseBody};
+use crate::error::GatewayError;
+use crate::gateway::{Authorized, Connection, Gateway};
+use crate::query;
+use crate::upstream;
+
+/// Makes the upstream handshake for an authorized client handshake and, on
+/// success, answers 101 and starts the relay.
+pub async fn forward(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    client: ClientHandshake,
+    authorized: &Authorized,
+    connection: &Connection,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let upstream = &gateway.upstream;
+    let (mut parts, _body) = request.into_parts();
+    let rewritten = query::rewrite(parts.uri.query());
+    let key = generate_key();
+
+    let headers = &mut parts.headers;
+    upstream::prepare_request_headers(
+        headers,
+        &authorized.token.authorization,
+        &upstream.cartesia_version,
+        rewritten.has_version,
+    );
+    headers.remove(SEC_WEBSOCKET_EXTENSIONS);
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    let key_value =
+        HeaderValue::from_str(&key).map_err(|_| GatewayError::Internal("generated key"))?;
+    headers.insert(SEC_WEBSOCKET_KEY, key_value);
+
+    let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = upstream.uri(authorized.route.path(), rewritten.query.as_deref());
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers;
+
+    let response = tokio::time::timeout(
+        upstream.response_timeout,
+        upstream.websocket.request(request),
+    )
+    .await
+    .map_err(|_| GatewayError::UpstreamTimeout)?
+    .map_err(crate::proxy::classify)?;
+
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The upstream refused: relay its answer as a plain response.
+        let (mut parts, body) = response.into_parts();
+        upstream::prepare_response_headers(&mut parts.headers);
+        parts.version = Version::default();
+        tracing::debug!(
+            status = parts.status.as_u16(),
+            "upstream refused the WebSocket upgrade"
+        );
+        return Ok(Response::from_parts(parts, Either::Right(body)));
+    }
+
+    let protocol = check_upstream_answer(response.headers(), &key, client.protocols.as_ref())
+        .map_err(GatewayError::UpstreamHandshake)?;
+    let upstream_upgrade = hyper::upgrade::on(response);
+    spawn_relay(
+        client.on_upgrade,
+        upstream_upgrade,
+        authorized,
+        connection.clone(),
+    );
+
+    let mut answer = Response::new(body::empty());
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = answer.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(SEC_WEBSOCKET_ACCEPT, client.accept);
+    if let Some(protocol) = protocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    Ok(answer)
+}
+
+/// Starts the relay task, which waits for both upgrades to complete.
+fn spawn_relay(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    upstream_upgrade: hyper::upgrade::OnUpgrade,
+    authorized: &Authorized,
+    connection: Connection,
+) {
+    let span = tracing::info_span!(
+        "websocket",
+        route = authorized.route.path(),
+        user.id = %authorized.session.user_id,
+    );
+    let task = async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let client =
+            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+        let upstream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
+        tracing::debug!("WebSocket opened");
+        let mut shutdown = connection.shutdown;
+        let stop = async move {
+            shutdown.signalled().await;
+            CloseFrame {
+                code: CloseCode::Away,
+                reason: "gateway shutting down".into(),
+            }
+        };
+        let summary = relay(client, upstream, stop).await;
+        tracing::debug!(
+            closed_by = summary.closed_by.as_str(),
+            close.code = summary.close_code,
+            client.messages = summary.client_messages,
+            client.bytes = summary.client_bytes,
+            upstream.messages = summary.upstream_messages,
+            upstream.bytes = summary.upstream_bytes,
+            "WebSocket closed"
+        );
+    };
+    tokio::spawn(task.instrument(span));
+}
