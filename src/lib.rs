@@ -19,6 +19,8 @@
 //! - [`secret`] keeps secrets out of logs.
 //! - [`shutdown`] coordinates graceful shutdown.
 //! - [`telemetry`] sets up logging.
+//! - `demo` (feature `stand-in`) runs the stand-in and the gateway together.
+//! - `devcert` (feature `stand-in`) creates development certificates.
 //! - `stand_in` (feature `stand-in`) is a local fake of the Cartesia API for
 //!   tests and the demo; the gateway itself never uses it.
 
@@ -38,6 +40,13 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod websocket;
+
+#[cfg(feature = "stand-in")]
+pub mod demo;
+#[cfg(feature = "stand-in")]
+pub mod devcert;
+#[cfg(feature = "stand-in")]
+pub mod stand_in;
 
 pub use config::Config;
 pub use gateway::{Gateway, StartupError};

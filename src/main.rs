@@ -8,8 +8,11 @@ use cartesia_gateway::{Config, Gateway, telemetry};
 
 const USAGE: &str = "\
 Usage: cartesia-gateway [--config PATH]
+       cartesia-gateway demo [--config PATH]
 
 Runs the gateway with the config file at PATH (default: config.toml).
+`demo` runs it against a local Cartesia stand-in on 127.0.0.1, creating a
+development certificate in certs/ if needed, and prints a demo session.
 
 Options:
   --config PATH   config file to read
@@ -19,8 +22,10 @@ Options:
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config_path = PathBuf::from("config.toml");
+    let mut demo = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "demo" if !demo => demo = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -36,7 +41,12 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
-    match run(config_path) {
+    let result = if demo {
+        run_demo(config_path)
+    } else {
+        run(config_path)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -65,6 +75,19 @@ fn run(config_path: PathBuf) -> Result<(), String> {
             .await
             .map_err(|error| error.to_string())
     })
+}
+
+#[cfg(feature = "stand-in")]
+fn run_demo(config_path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    telemetry::init(&config.log)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
+    runtime.block_on(cartesia_gateway::demo::run(&config_path, shutdown_signal()))
+}
+
+#[cfg(not(feature = "stand-in"))]
+fn run_demo(_config_path: PathBuf) -> Result<(), String> {
+    Err("this build has no demo; build with the default `stand-in` feature".to_owned())
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -27,12 +27,16 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Pause after an `accept` error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-const PLAIN_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
-content-type: application/json\r\n\
-connection: close\r\n\
-content-length: 79\r\n\
-\r\n\
-{\"error\":\"https_required\",\"message\":\"This port serves HTTPS only; use https.\"}";
+/// Body of the 400 response sent to plain-HTTP clients on the TLS port.
+const PLAIN_HTTP_BODY: &str =
+    r#"{"error":"https_required","message":"This port serves HTTPS only; use https."}"#;
+
+fn plain_http_response() -> String {
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{PLAIN_HTTP_BODY}",
+        PLAIN_HTTP_BODY.len()
+    )
+}
 
 /// Serves the gateway on `listener` until `shutdown` completes, then stops
 /// accepting, lets open requests and WebSockets finish, and returns once
@@ -144,7 +148,7 @@ async fn accept_tls(
     if first[0] != TLS_HANDSHAKE_RECORD {
         if first[0].is_ascii_alphabetic() {
             tracing::debug!("plain HTTP on the TLS port; answered 400");
-            let _ = stream.write_all(PLAIN_HTTP_RESPONSE).await;
+            let _ = stream.write_all(plain_http_response().as_bytes()).await;
             let _ = stream.shutdown().await;
         }
         return None;
@@ -164,7 +168,7 @@ mod tests {
 
     #[test]
     fn plain_http_response_has_correct_length() {
-        let text = std::str::from_utf8(PLAIN_HTTP_RESPONSE).unwrap();
+        let text = plain_http_response();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let json: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -1,7 +1,10 @@
 //! The pooled TLS client that talks to the Cartesia API, and the header
 //! rules for requests sent through it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,7 +22,7 @@ pub const CARTESIA_VERSION: HeaderName = HeaderName::from_static("cartesia-versi
 /// Cartesia's alternative API key header, never forwarded from clients.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type HttpClient = Client<TimeoutConnector<HttpsConnector<HttpConnector>>, UpstreamBody>;
 
 /// Clients and settings for the upstream Cartesia API.
 pub struct Upstream {
@@ -68,11 +71,9 @@ fn build_client(config: &UpstreamConfig, mut tls: rustls::ClientConfig, http2: b
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout));
-    tls.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    // hyper-rustls sets ALPN from the enabled protocols and rejects a config
+    // that already has it.
+    tls.alpn_protocols.clear();
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -82,11 +83,56 @@ fn build_client(config: &UpstreamConfig, mut tls: rustls::ClientConfig, http2: b
     } else {
         builder.wrap_connector(http)
     };
+    let connector = TimeoutConnector {
+        inner: connector,
+        timeout: config.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .build(connector)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bounds the whole connection setup, TCP connect and TLS handshake, by one
+/// timeout. `HttpConnector`'s own timeout covers only the TCP connect, so an
+/// upstream that accepts TCP but stalls the handshake would otherwise hang
+/// the request. The error is an `io::Error` of kind `TimedOut`.
+#[derive(Clone)]
+pub struct TimeoutConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for TimeoutConnector<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to the upstream timed out",
+                )) as BoxError),
+            }
+        })
+    }
 }
 
 /// Hop-by-hop headers of RFC 9110 section 7.6.1, plus the legacy ones that

@@ -186,9 +186,16 @@ impl RawSession {
             user_claim,
             grants_claim,
             default_grants,
-            cache_capacity: self
-                .cache_capacity
-                .unwrap_or(DEFAULT_SESSION_CACHE_CAPACITY),
+            cache_capacity: match self.cache_capacity {
+                None => DEFAULT_SESSION_CACHE_CAPACITY,
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "session.cache_capacity",
+                        "must be at least 1",
+                    ));
+                }
+                Some(capacity) => capacity,
+            },
         })
     }
 
@@ -231,8 +238,13 @@ impl RawSession {
             };
         }
         if self.secret_env.is_some() || self.secret_file.is_some() {
+            let key = if self.secret_env.is_some() {
+                "session.secret_env"
+            } else {
+                "session.secret_file"
+            };
             return Err(ConfigError::invalid(
-                "session.secret_env",
+                key,
                 "public-key algorithms need session.public_key_file, not a shared secret",
             ));
         }
@@ -378,7 +390,7 @@ fn parse_base_url(text: &str) -> Result<Uri, ConfigError> {
     const KEY: &str = "upstream.base_url";
     let uri: Uri = text
         .parse()
-        .map_err(|_| ConfigError::invalid(KEY, format!("{text:?} is not a URL")))?;
+        .map_err(|_| ConfigError::invalid(KEY, "is not a URL; use https://host[:port]"))?;
     if uri.scheme_str() != Some("https") {
         return Err(ConfigError::invalid(
             KEY,

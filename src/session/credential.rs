@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn disagreeing_credentials_are_rejected() {
-        let cases: [(&[(&'static str, &'static str)], Option<&str>); 5] = [
+        type Case<'a> = (&'a [(&'static str, &'static str)], Option<&'a str>);
+        let cases: [Case; 5] = [
             (
                 &[("authorization", "Bearer a"), ("cookie", "session=b")],
                 None,

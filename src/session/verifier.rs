@@ -201,6 +201,21 @@ pub fn load_decoding_key(
         }
         SessionKeySource::PublicKeyFile(path) => {
             let pem = read_key_file("session.public_key_file", path)?;
+            // jsonwebtoken loads an RSA private key here without complaint,
+            // and every signature check would then fail.
+            const PRIVATE_KEY_LABEL: &[u8] = b"PRIVATE KEY";
+            if pem
+                .windows(PRIVATE_KEY_LABEL.len())
+                .any(|window| window == PRIVATE_KEY_LABEL)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "session.public_key_file".to_owned(),
+                    message: format!(
+                        "{} contains a private key; give the matching PEM public key instead",
+                        path.display()
+                    ),
+                });
+            }
             let parsed = match config.algorithms[0] {
                 Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),

@@ -1,0 +1,303 @@
+//! Test harness: the real gateway and the Cartesia stand-in, both on
+//! 127.0.0.1 ephemeral ports with real TLS, plus clients that trust the
+//! test CA.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cartesia_gateway::devcert::{self, DevCertificate};
+use cartesia_gateway::stand_in::StandIn;
+use cartesia_gateway::{Config, Gateway};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::ServerName;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The Cartesia API key the stand-in accepts and the gateway uses.
+pub const API_KEY: &str = "sk_car_test_0123456789abcdefghijklmnop";
+/// The HMAC secret that signs test sessions.
+pub const SESSION_SECRET: &str = "test-session-secret-0123456789-abcdefghijkl";
+
+pub type TestClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A running stand-in and gateway.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub certs: DevCertificate,
+    pub stand_in: StandIn,
+    pub stand_in_addr: SocketAddr,
+    pub addr: SocketAddr,
+    stop_gateway: Option<oneshot::Sender<()>>,
+    stop_stand_in: Option<oneshot::Sender<()>>,
+    gateway_task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Extra settings for [`Harness::start_with`].
+#[derive(Default)]
+pub struct Options {
+    /// TOML appended to each section, keyed by section name.
+    pub server: &'static str,
+    pub session: &'static str,
+    pub upstream: &'static str,
+    pub tokens: &'static str,
+    /// Replaces the upstream base URL (the stand-in's by default).
+    pub upstream_url: Option<String>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = devcert::generate(dir.path()).unwrap();
+
+        let stand_in = StandIn::new(API_KEY);
+        let stand_in_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stand_in_addr = stand_in_listener.local_addr().unwrap();
+        let stand_in_tls =
+            cartesia_gateway::tls::server_config(&certs.cert_file, &certs.key_file).unwrap();
+        let (stop_stand_in, stand_in_stopped) = oneshot::channel::<()>();
+        tokio::spawn(
+            stand_in
+                .clone()
+                .serve(stand_in_listener, stand_in_tls, async move {
+                    let _ = stand_in_stopped.await;
+                }),
+        );
+
+        let upstream_url = options
+            .upstream_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{stand_in_addr}"));
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+cert_file = "{cert}"
+key_file = "{key}"
+shutdown_timeout_secs = 5
+{server}
+
+[session]
+secret_env = "TEST_SESSION_SECRET"
+audience = "cartesia-gateway-tests"
+{session}
+
+[upstream]
+base_url = "{upstream_url}"
+ca_file = "{ca}"
+{upstream}
+
+[tokens]
+{tokens}
+
+[log]
+level = "trace"
+"#,
+            cert = certs.cert_file.display(),
+            key = certs.key_file.display(),
+            ca = certs.ca_file.display(),
+            server = options.server,
+            session = options.session,
+            upstream = options.upstream,
+            tokens = options.tokens,
+        );
+        let config = Config::from_toml_str(&text, std::iter::empty()).unwrap();
+        let gateway = Gateway::new(config, |name| match name {
+            "TEST_SESSION_SECRET" => Some(SESSION_SECRET.to_owned()),
+            "CARTESIA_API_KEY" => Some(API_KEY.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
+        let gateway_task = tokio::spawn(cartesia_gateway::serve(
+            listener,
+            Arc::new(gateway),
+            async move {
+                let _ = gateway_stopped.await;
+            },
+        ));
+        Harness {
+            dir,
+            certs,
+            stand_in,
+            stand_in_addr,
+            addr,
+            stop_gateway: Some(stop_gateway),
+            stop_stand_in: Some(stop_stand_in),
+            gateway_task: Some(gateway_task),
+        }
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Signs a session for `user` with `grants` that expires in ten minutes.
+    pub fn session(&self, user: &str, grants: &[&str]) -> String {
+        session_token(json!({
+            "sub": user,
+            "grants": grants,
+            "aud": "cartesia-gateway-tests",
+            "exp": unix_now() + 600,
+        }))
+    }
+
+    /// An HTTP/1.1 client that trusts the test CA.
+    pub fn client(&self) -> TestClient {
+        client(&self.certs.ca_file, false)
+    }
+
+    /// An HTTP/2 client that trusts the test CA.
+    pub fn h2_client(&self) -> TestClient {
+        client(&self.certs.ca_file, true)
+    }
+
+    /// Sends a request to the gateway and returns the response with its
+    /// whole body.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+        let response = self.client().request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(parts, ()), body)
+    }
+
+    /// Opens a TLS connection to the gateway (ALPN http/1.1).
+    pub async fn tls_connect(&self) -> TlsStream<TcpStream> {
+        tls_connect(self.addr, &self.certs.ca_file).await
+    }
+
+    /// Opens a WebSocket to the gateway. `path_and_query` starts with `/`.
+    pub async fn websocket(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("wss://localhost:{}{path_and_query}", self.addr.port());
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let stream = self.tls_connect().await;
+        tokio_tungstenite::client_async(request, stream)
+            .await
+            .map(|(socket, _)| socket)
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop_gateway.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.gateway_task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_gateway.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.stop_stand_in.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Signs `claims` with the test session secret (HS256).
+pub fn session_token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SESSION_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn client_tls(ca_file: &Path, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut config = (*cartesia_gateway::tls::client_config(Some(ca_file)).unwrap()).clone();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    config
+}
+
+pub fn client(ca_file: &Path, http2: bool) -> TestClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(ca_file, &[]))
+        .https_only();
+    let connector = if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client.http2_only(http2);
+    client.build(connector)
+}
+
+pub async fn tls_connect(addr: SocketAddr, ca_file: &Path) -> TlsStream<TcpStream> {
+    let connector = TlsConnector::from(Arc::new(client_tls(ca_file, &[b"http/1.1"])));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), stream)
+        .await
+        .unwrap()
+}
+
+/// A `/tts/bytes` request body for a short WAV.
+pub fn tts_bytes_body(transcript: &str) -> Value {
+    json!({
+        "model_id": "sonic-3",
+        "transcript": transcript,
+        "voice": {"mode": "id", "id": "a0e99841-438c-4a64-b679-ae501e7d6091"},
+        "output_format": {"container": "wav", "encoding": "pcm_s16le", "sample_rate": 16000},
+    })
+}
+
+/// Waits for `condition` for up to five seconds, polling every 10 ms.
+pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+#[allow(unused_imports)]
+pub use tokio_tungstenite::tungstenite::Message;
