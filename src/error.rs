@@ -1,6 +1,6 @@
 //! Gateway errors and the one place that turns them into HTTP responses.
 //!
-//! Every error knows which side caused it, which fixes its status class:
+//! Every error records which side caused it, and the side fixes its status class:
 //! client mistakes are 4xx, upstream failures 502 or 504, and the gateway's
 //! own faults 500. Response bodies are `{"error": CODE, "message": TEXT}`
 //! with a stable code and a fixed message; no token, header value or
@@ -19,7 +19,7 @@ use crate::session::SessionError;
 use crate::tokens::MintError;
 use crate::websocket::HandshakeError;
 
-/// Which party caused an error.
+/// The party that caused an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Client,

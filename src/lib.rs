@@ -6,7 +6,7 @@
 //! - [`config`] parses and validates the TOML config and its environment overrides.
 //! - [`tls`] builds the rustls server and client configs.
 //! - [`server`] accepts TLS connections and serves HTTP/1.1 and HTTP/2 until shutdown.
-//! - [`gateway`] holds the shared state and runs each request through the checks.
+//! - [`gateway`] contains the shared state and runs each request through the checks.
 //! - [`routes`] is the fixed table of forwarded Cartesia endpoints.
 //! - [`session`] finds and verifies the app's session JWT.
 //! - [`tokens`] mints and caches per-user Cartesia access tokens.

@@ -2,22 +2,76 @@
 //!
 //! Nothing in the gateway logs a header map, a request, a URI with its query
 //! or a token; users appear by id and tokens by fingerprint.
+//!
+//! At `trace`, tungstenite logs every WebSocket message in full, which means
+//! user transcripts and audio. Unless the filter names tungstenite itself,
+//! its targets are capped at `debug`.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Directive;
 
 use crate::config::LogConfig;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides
-/// `log.level`. Returns an error if a subscriber is installed already.
-pub fn init(config: &LogConfig) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
-        _ => EnvFilter::try_new(&config.level),
+/// Directives added unless the operator's filter mentions tungstenite.
+const MESSAGE_CONTENT_CAPS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+
+/// Builds the log filter from `RUST_LOG`, when set, or from `log.level`.
+pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, String> {
+    let directives = match rust_log {
+        Some(directives) if !directives.is_empty() => directives,
+        _ => config.level.as_str(),
+    };
+    let mut filter = EnvFilter::try_new(directives)
+        .map_err(|error| format!("invalid log filter {directives:?} in log.level or RUST_LOG: {error}"))?;
+    if !directives.contains("tungstenite") {
+        for cap in MESSAGE_CONTENT_CAPS {
+            let directive: Directive = cap
+                .parse()
+                .map_err(|error| format!("invalid built-in log directive {cap}: {error}"))?;
+            filter = filter.add_directive(directive);
+        }
     }
-    .map_err(|error| format!("invalid log level in log.level or RUST_LOG: {error}"))?;
+    Ok(filter)
+}
+
+/// Installs the global subscriber. Returns an error if the filter is
+/// invalid or a subscriber is installed already.
+pub fn init(config: &LogConfig) -> Result<(), String> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = filter(config, rust_log.as_deref())?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
         .try_init()
         .map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(level: &str) -> LogConfig {
+        LogConfig {
+            level: level.to_owned(),
+        }
+    }
+
+    #[test]
+    fn tungstenite_is_capped_by_default() {
+        let filter = filter(&config("trace"), None).unwrap().to_string();
+        assert!(filter.contains("tungstenite=debug"), "{filter}");
+    }
+
+    #[test]
+    fn explicit_tungstenite_directive_is_kept() {
+        let filter = filter(&config("info"), Some("tungstenite=trace")).unwrap().to_string();
+        assert!(filter.contains("tungstenite=trace"), "{filter}");
+        assert!(!filter.contains("tungstenite=debug"), "{filter}");
+    }
+
+    #[test]
+    fn invalid_level_is_reported() {
+        let error = filter(&config("info,=[x"), None).unwrap_err();
+        assert!(error.contains("log.level"), "{error}");
+    }
 }

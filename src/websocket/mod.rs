@@ -11,6 +11,10 @@
 //! frames, which lets the gateway close a WebSocket itself with a proper
 //! close frame and count messages; compression would force it to inflate and
 //! deflate every audio frame.
+//!
+//! The upstream handshake goes through hyper, not tungstenite's client:
+//! tungstenite's client handshake logs the whole request, query and
+//! `Authorization` included, at `trace`.
 
 mod handshake;
 mod relay;

@@ -145,6 +145,17 @@ where
         }
     }
 
+    // Tungstenite replies to a received close frame itself but sends the
+    // reply only on that socket's next read, write or flush, and it rejects
+    // a `send` of the relayed close frame once it has received one. Flush
+    // both sides so a peer that closed first gets its reply before the
+    // sockets are dropped.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = client_tx.flush().await;
+        let _ = upstream_tx.flush().await;
+    })
+    .await;
+
     RelaySummary {
         closed_by,
         close_code,
