@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 /// Body of a response sent to the client.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, FlushBeforeError<Incoming>>;
 
 /// Body of a request sent to the upstream.
 pub type UpstreamBody = Either<Full<Bytes>, EndSignal<Incoming>>;
@@ -85,5 +85,62 @@ where
 impl<B> Drop for EndSignal<B> {
     fn drop(&mut self) {
         self.fire();
+    }
+}
+
+/// Wraps an upstream response body and delays its error by one poll.
+///
+/// When a body yields data and then fails at once, hyper's server drops the
+/// data it has buffered but not yet written: HTTP/1.1 closes the connection
+/// without flushing, and HTTP/2 clears the stream's queued DATA frames when
+/// it sends `RST_STREAM`. Returning `Pending` once, with a wake-up, lets the
+/// connection write that data before the error ends the stream.
+///
+/// NOTE: data that still cannot be written after that one poll (a client
+/// that reads slowly) is lost as before.
+pub struct FlushBeforeError<B: Body> {
+    inner: B,
+    held: Option<B::Error>,
+}
+
+impl<B: Body> FlushBeforeError<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        FlushBeforeError { inner, held: None }
+    }
+}
+
+impl<B> Body for FlushBeforeError<B>
+where
+    B: Body + Unpin,
+    B::Error: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(error) = this.held.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                this.held = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

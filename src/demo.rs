@@ -1,10 +1,12 @@
 //! The `demo` command: the Cartesia stand-in and the gateway together on
 //! 127.0.0.1, with a development certificate and a signed demo session.
 //!
-//! The gateway runs with the normal config file; the demo only points
-//! `upstream.base_url` at the stand-in, trusts the development CA, and
-//! supplies the stand-in's API key. When the session secret variable is not
-//! set, a random secret is used for this run only.
+//! The gateway runs with the normal config file, except that the demo serves
+//! the development certificate from `certs/`, points `upstream.base_url` at
+//! the stand-in, trusts the development CA, and supplies the stand-in's API
+//! key in place of `CARTESIA_API_KEY` or `upstream.api_key_file`. When the
+//! session secret variable is not set, a random secret is used for this run
+//! only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +27,10 @@ const DEMO_SESSION_SECS: u64 = 24 * 3600;
 
 /// User id of the demo session.
 const DEMO_USER: &str = "demo-user";
+
+/// Model and voice in the printed examples.
+const DEMO_MODEL: &str = "sonic-3";
+const DEMO_VOICE: &str = "a0e99841-438c-4a64-b679-ae501e7d6091";
 
 /// Runs the demo until `shutdown` completes.
 pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), String> {
@@ -73,7 +79,13 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Resu
             .into_iter()
             .map(|(key, value)| (format!("{ENV_PREFIX}{key}"), value)),
     );
-    let config = Config::from_toml_str(&text, environment).map_err(|error| error.to_string())?;
+    let mut config =
+        Config::from_toml_str(&text, environment).map_err(|error| error.to_string())?;
+    // The printed commands trust the development CA, and the stand-in accepts
+    // only its own API key, so neither may come from the config file.
+    config.server.cert_file = certs.cert_file.clone();
+    config.server.key_file = certs.key_file.clone();
+    config.upstream.api_key_file = None;
     let session = sign_session(&config, &session_secret)?;
     let listen = config.server.listen;
     let gateway = Gateway::new(config, |name| {
@@ -138,42 +150,108 @@ fn random_hex(bytes: usize) -> String {
 }
 
 fn print_instructions(port: u16, ca_file: &Path, session: &str) {
+    // An absolute CA path keeps the commands working from any directory.
+    let ca_file = std::path::absolute(ca_file).unwrap_or_else(|_| ca_file.to_owned());
+    println!("{}", instructions(port, &ca_file, session));
+}
+
+/// Builds the text the demo prints: the URL, the session and commands that
+/// use them.
+///
+/// The commands start at column 0 so that a pasted block runs as printed:
+/// the shell only ends a `<<'PY'` here-document at an unindented `PY`, and
+/// Python rejects an indented first line.
+fn instructions(port: u16, ca_file: &Path, session: &str) -> String {
     let url = format!("https://localhost:{port}");
     let ca = ca_file.display();
-    println!(
+    let python = python_example(&url);
+    format!(
         r#"
 cartesia-gateway demo is running against a local Cartesia stand-in.
 
 Gateway URL:   {url}
 Trust this CA: {ca}
-Demo session (user "{DEMO_USER}", grants tts and stt, valid 24 hours):
+Demo session (user "{DEMO_USER}", grants tts and stt, valid 24 hours).
+Run this in each shell where you paste the commands below:
 
-  export SESSION='{session}'
+export SESSION='{session}'
 
 Synthesize speech into a WAV file through the gateway:
 
-  curl --cacert {ca} {url}/tts/bytes \
-    -H "Authorization: Bearer $SESSION" -H 'Content-Type: application/json' \
-    -d '{{"model_id": "sonic-3", "transcript": "Hello from the gateway", "voice": {{"mode": "id", "id": "a0e99841-438c-4a64-b679-ae501e7d6091"}}, "output_format": {{"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000}}}}' \
-    -o hello.wav
+curl --fail-with-body --cacert {ca} {url}/tts/bytes \
+  -H "Authorization: Bearer $SESSION" -H 'Content-Type: application/json' \
+  -d '{{"model_id": "{DEMO_MODEL}", "transcript": "Hello from the gateway", "voice": {{"mode": "id", "id": "{DEMO_VOICE}"}}, "output_format": {{"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000}}}}' \
+  -o hello.wav
 
-With the official Python SDK (pip install 'cartesia[websockets]==4.2.0'):
+Synthesize and transcribe with the official Python SDK, in a virtual
+environment (the stand-in's transcript describes the audio it received):
 
-  SSL_CERT_FILE={ca} python3 - <<'PY'
-  import os
-  from cartesia import Cartesia
-  client = Cartesia(token=os.environ["SESSION"], base_url="{url}")
-  audio = client.tts.generate(
-      model_id="sonic-3",
-      transcript="Hello from the gateway",
-      voice={{"mode": "id", "id": "a0e99841-438c-4a64-b679-ae501e7d6091"}},
-      output_format={{"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000}},
-  )
-  audio.write_to_file("hello-sdk.wav")
-  print("wrote hello-sdk.wav")
-  PY
+python3 -m venv .venv && . .venv/bin/activate
+pip install 'cartesia[websockets]==4.2.0'
+SSL_CERT_FILE={ca} python3 - <<'PY'
+{python}PY
 
 Press Ctrl-C to stop.
 "#
-    );
+    )
+}
+
+/// Returns the Python program the demo prints: it writes `hello-sdk.wav`
+/// with the official SDK through the gateway at `url`, then transcribes it.
+/// The session JWT comes from the `SESSION` environment variable.
+pub fn python_example(url: &str) -> String {
+    format!(
+        r#"import os
+from cartesia import Cartesia
+
+client = Cartesia(token=os.environ["SESSION"], base_url="{url}")
+client.tts.generate(
+    model_id="{DEMO_MODEL}",
+    transcript="Hello from the gateway",
+    voice={{"mode": "id", "id": "{DEMO_VOICE}"}},
+    output_format={{"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000}},
+).write_to_file("hello-sdk.wav")
+print("wrote hello-sdk.wav")
+with open("hello-sdk.wav", "rb") as audio:
+    transcript = client.stt.transcribe(file=audio, model="ink-whisper")
+print("transcript:", transcript.text)
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_heredoc_ends_at_unindented_marker() {
+        let text = instructions(8443, Path::new("/certs/dev-ca.pem"), "header.claims.sig");
+        let start = text.find("<<'PY'\n").expect("the here-document starts");
+        let body = &text[start + "<<'PY'\n".len()..];
+        let end = body
+            .find("\nPY\n")
+            .expect("an unindented PY ends the here-document");
+        let program = &body[..end];
+        assert!(
+            program.starts_with("import os\n"),
+            "the program starts unindented: {program}"
+        );
+        assert_eq!(program, python_example("https://localhost:8443").trim_end());
+    }
+
+    #[test]
+    fn commands_start_at_column_zero() {
+        let text = instructions(8443, Path::new("/certs/dev-ca.pem"), "header.claims.sig");
+        for command in [
+            "export SESSION='header.claims.sig'",
+            "curl --fail-with-body --cacert /certs/dev-ca.pem https://localhost:8443/tts/bytes",
+            "python3 -m venv .venv",
+            "SSL_CERT_FILE=/certs/dev-ca.pem python3 - <<'PY'",
+        ] {
+            assert!(
+                text.lines().any(|line| line.starts_with(command)),
+                "no line starts with {command:?}:\n{text}"
+            );
+        }
+    }
 }

@@ -90,21 +90,18 @@ impl GatewayError {
                 "The session does not grant access to this route.",
             ),
             GatewayError::Handshake(error) => (error.status(), error.code(), error.message()),
-            GatewayError::Mint(_) => (
-                StatusCode::BAD_GATEWAY,
-                "token_mint_failed",
-                "The gateway could not obtain a Cartesia access token.",
-            ),
-            GatewayError::UpstreamConnect(_) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                "The gateway could not reach the Cartesia API.",
-            ),
-            GatewayError::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
-                "The Cartesia API did not answer in time.",
-            ),
+            GatewayError::Mint(error) => match error.as_ref() {
+                MintError::Timeout => UPSTREAM_TIMEOUT,
+                MintError::Transport(error) if crate::proxy::is_timeout(error) => UPSTREAM_TIMEOUT,
+                MintError::Transport(_) => UPSTREAM_UNAVAILABLE,
+                MintError::Status(_) | MintError::Body | MintError::InvalidResponse => (
+                    StatusCode::BAD_GATEWAY,
+                    "token_mint_failed",
+                    "The gateway could not obtain a Cartesia access token.",
+                ),
+            },
+            GatewayError::UpstreamConnect(_) => UPSTREAM_UNAVAILABLE,
+            GatewayError::UpstreamTimeout => UPSTREAM_TIMEOUT,
             GatewayError::UpstreamHandshake(_) => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_protocol_error",
@@ -142,6 +139,18 @@ impl GatewayError {
         response
     }
 }
+
+const UPSTREAM_UNAVAILABLE: (StatusCode, &str, &str) = (
+    StatusCode::BAD_GATEWAY,
+    "upstream_unavailable",
+    "The gateway could not reach the Cartesia API.",
+);
+
+const UPSTREAM_TIMEOUT: (StatusCode, &str, &str) = (
+    StatusCode::GATEWAY_TIMEOUT,
+    "upstream_timeout",
+    "The Cartesia API did not answer in time.",
+);
 
 #[derive(Serialize)]
 struct ErrorBody {

@@ -208,34 +208,38 @@ fn log_error(error: &GatewayError) {
     }
 }
 
+/// Reads the Cartesia API key from `upstream.api_key_file` or, without
+/// one, from `CARTESIA_API_KEY`.
 fn load_api_key(
     config: &Config,
     read_env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Secret, ConfigError> {
-    let (key, value) = match &config.upstream.api_key_file {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "upstream.api_key_file".to_owned(),
+        message,
+    };
+    let (source, value) = match &config.upstream.api_key_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Invalid {
-                key: "upstream.api_key_file".to_owned(),
-                message: format!("cannot read {}: {error}", path.display()),
-            })?;
-            ("upstream.api_key_file", text.trim().to_owned())
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| invalid(format!("cannot read {}: {error}", path.display())))?;
+            (path.display().to_string(), text.trim().to_owned())
         }
         None => {
-            let value = read_env(API_KEY_ENV).ok_or_else(|| ConfigError::Invalid {
-                key: "upstream.api_key_file".to_owned(),
-                message: format!(
+            let value = read_env(API_KEY_ENV).ok_or_else(|| {
+                invalid(format!(
                     "no Cartesia API key: set the {API_KEY_ENV} environment variable or upstream.api_key_file"
-                ),
+                ))
             })?;
-            ("upstream.api_key_file", value.trim().to_owned())
+            (
+                format!("the {API_KEY_ENV} environment variable"),
+                value.trim().to_owned(),
+            )
         }
     };
     if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err(ConfigError::Invalid {
-            key: key.to_owned(),
-            message: "the Cartesia API key is empty or contains spaces or control characters"
-                .to_owned(),
-        });
+        return Err(invalid(format!(
+            "the Cartesia API key in {source} is empty or contains spaces or control characters"
+        )));
     }
     Ok(Secret::new(value))
 }

@@ -1,9 +1,10 @@
 //! The `cartesia-gateway` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cartesia_gateway::config::ConfigError;
 use cartesia_gateway::{Config, Gateway, telemetry};
 
 const USAGE: &str = "\
@@ -61,7 +62,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run(config_path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    let config = load_config(&config_path)?;
     telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
     runtime.block_on(async move {
@@ -70,7 +71,12 @@ fn run(config_path: PathBuf) -> Result<(), String> {
             .map_err(|error| error.to_string())?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|error| format!("cannot listen on {listen} (server.listen): {error}"))?;
+            .map_err(|error| {
+                format!(
+                    "cannot listen on {listen} (server.listen): {error}; \
+                     free the port or choose another with server.listen"
+                )
+            })?;
         cartesia_gateway::serve(listener, Arc::new(gateway), shutdown_signal())
             .await
             .map_err(|error| error.to_string())
@@ -79,7 +85,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
 
 #[cfg(feature = "stand-in")]
 fn run_demo(config_path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&config_path).map_err(|error| error.to_string())?;
+    let config = load_config(&config_path)?;
     telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
     runtime.block_on(cartesia_gateway::demo::run(&config_path, shutdown_signal()))
@@ -88,6 +94,17 @@ fn run_demo(config_path: PathBuf) -> Result<(), String> {
 #[cfg(not(feature = "stand-in"))]
 fn run_demo(_config_path: PathBuf) -> Result<(), String> {
     Err("this build has no demo; build with the default `stand-in` feature".to_owned())
+}
+
+/// Loads the config file, telling a user who started in another directory
+/// how to point at it.
+fn load_config(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|error| match error {
+        ConfigError::Read { .. } => format!(
+            "{error}; run from the directory that contains config.toml or pass --config PATH"
+        ),
+        other => other.to_string(),
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

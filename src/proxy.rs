@@ -56,7 +56,10 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     upstream::prepare_response_headers(&mut parts.headers);
     parts.version = Version::default();
-    Ok(Response::from_parts(parts, Either::Right(body)))
+    Ok(Response::from_parts(
+        parts,
+        Either::Right(crate::body::FlushBeforeError::new(body)),
+    ))
 }
 
 /// Sends `request` and waits for the response head. The timeout starts once
@@ -80,14 +83,23 @@ pub async fn send(
 
 /// Maps a client error to 504 when a timeout caused it and 502 otherwise.
 pub fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
+    if is_timeout(&error) {
+        GatewayError::UpstreamTimeout
+    } else {
+        GatewayError::UpstreamConnect(error)
+    }
+}
+
+/// Whether an I/O timeout, such as the connect timeout, caused `error`.
+pub fn is_timeout(error: &hyper_util::client::legacy::Error) -> bool {
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
-            return GatewayError::UpstreamTimeout;
+            return true;
         }
         source = cause.source();
     }
-    GatewayError::UpstreamConnect(error)
+    false
 }

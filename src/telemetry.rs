@@ -7,6 +7,8 @@
 //! user transcripts and audio. Unless the filter names tungstenite itself,
 //! its targets are capped at `debug`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::Directive;
 
@@ -21,8 +23,9 @@ pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, S
         Some(directives) if !directives.is_empty() => directives,
         _ => config.level.as_str(),
     };
-    let mut filter = EnvFilter::try_new(directives)
-        .map_err(|error| format!("invalid log filter {directives:?} in log.level or RUST_LOG: {error}"))?;
+    let mut filter = EnvFilter::try_new(directives).map_err(|error| {
+        format!("invalid log filter {directives:?} in log.level or RUST_LOG: {error}")
+    })?;
     if !directives.contains("tungstenite") {
         for cap in MESSAGE_CONTENT_CAPS {
             let directive: Directive = cap
@@ -34,13 +37,16 @@ pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, S
     Ok(filter)
 }
 
-/// Installs the global subscriber. Returns an error if the filter is
+/// Installs the global subscriber, writing to stderr with colors only on a
+/// terminal. Returns an error if the filter is
 /// invalid or a subscriber is installed already.
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter(config, rust_log.as_deref())?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init()
         .map_err(|error| error.to_string())
@@ -64,7 +70,9 @@ mod tests {
 
     #[test]
     fn explicit_tungstenite_directive_is_kept() {
-        let filter = filter(&config("info"), Some("tungstenite=trace")).unwrap().to_string();
+        let filter = filter(&config("info"), Some("tungstenite=trace"))
+            .unwrap()
+            .to_string();
         assert!(filter.contains("tungstenite=trace"), "{filter}");
         assert!(!filter.contains("tungstenite=debug"), "{filter}");
     }

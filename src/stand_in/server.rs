@@ -68,7 +68,9 @@ pub(crate) async fn serve(
         stop,
         _drain: drain_sender,
     };
-    tracing::info!(addr = ?listener.local_addr().ok(), "stand-in listening");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "stand-in listening");
+    }
 
     tokio::pin!(shutdown);
     loop {
@@ -76,6 +78,9 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Audio chunks are small and paced; without this, Nagle's
+                    // algorithm would batch several of them.
+                    let _ = stream.set_nodelay(true);
                     let connection = serve_connection(
                         acceptor.clone(),
                         stream,

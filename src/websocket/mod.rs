@@ -95,7 +95,10 @@ pub async fn forward(
             status = parts.status.as_u16(),
             "upstream refused the WebSocket upgrade"
         );
-        return Ok(Response::from_parts(parts, Either::Right(body)));
+        return Ok(Response::from_parts(
+            parts,
+            Either::Right(crate::body::FlushBeforeError::new(body)),
+        ));
     }
 
     let protocol = check_upstream_answer(response.headers(), &key, client.protocols.as_ref())

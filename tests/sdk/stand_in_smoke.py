@@ -4,16 +4,24 @@ Run it against the stand-in, or against the gateway in front of it:
 
     SSL_CERT_FILE=ca.pem python stand_in_smoke.py --base-url https://127.0.0.1:PORT --api-key KEY
     SSL_CERT_FILE=ca.pem python stand_in_smoke.py --base-url https://127.0.0.1:PORT --token TOKEN
+    SESSION=JWT SSL_CERT_FILE=ca.pem python stand_in_smoke.py --base-url URL --token-env SESSION --gateway
 
 With --api-key the script runs every check with the key, then mints an access token with
-`client.access_token.create` and runs them again with `token=`. With --token it only uses the given token
-(for example a gateway session JWT) and skips minting. The token runs also make the browser-style
-handshakes, which carry `access_token` and `cartesia_version` in the query instead of headers.
+`client.access_token.create` and runs them again with `token=`. With --token (or --token-env, which
+reads the token from an environment variable and keeps it out of process listings) it only uses the
+given token, for example a gateway session JWT, and skips minting. The token runs also make the
+browser-style handshakes, which carry `access_token` and `cartesia_version` in the query instead of
+headers.
 
 In its default mode the script also checks the stand-in's exact output: audio sizes, transcript texts
 ("received N bytes, ...") and the Cartesia-shaped 401 body. A gateway in front of the stand-in passes
-these through unchanged. Pass --any-transcript to check only the shapes of the responses, for example
-when the gateway rejects the tampered token with its own error body.
+the audio and transcripts through unchanged but rejects a tampered token itself, so pass --gateway to
+expect the gateway's JSON error bodies (`{"error": "<code>", "message": ...}`) instead. Pass
+--any-transcript to check only the shapes of the responses.
+
+With --without-grant GRANT the token must lack GRANT ("tts" or "stt"). The script then checks that
+every SDK call of that grant fails with 403, over HTTP and in the WebSocket handshake, and that the
+calls of the other grant work.
 
 Exit status 0 means every check passed; a failed check raises with a message naming it.
 """
@@ -33,6 +41,7 @@ from typing import Any
 
 import cartesia
 from cartesia import Cartesia
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 VOICE = "a0e99841-438c-4a64-b679-ae501e7d6091"
@@ -262,16 +271,117 @@ def run_all(client: Cartesia, checks: Checks, label: str, out_dir: str) -> None:
     checks.run(f"{label}: stt.transcribe", lambda: check_stt_batch(client, wav_path, exact))
 
 
-def check_rejections(base_url: str, token: str, exact: bool) -> None:
+def check_rejections(base_url: str, token: str, exact: bool, gateway: bool) -> None:
     bad = Cartesia(token=token + "x", base_url=base_url, max_retries=0)
     try:
         bad.tts.generate(model_id=MODEL, transcript="x", voice=VOICE, output_format=WAV_S16)
     except cartesia.AuthenticationError as error:
-        if exact:
-            body = error.body if isinstance(error.body, dict) else {}
+        body = error.body if isinstance(error.body, dict) else {}
+        if gateway:
+            expect(body.get("error") == "invalid_session", f"gateway 401 body {error.body}")
+        elif exact:
             expect({"title", "message", "request_id"} <= set(body), f"401 body {error.body}")
     else:
         raise AssertionError("a tampered token was accepted")
+
+
+def expect_gateway_403(body: Any) -> None:
+    expect(isinstance(body, dict) and body.get("error") == "grant_missing", f"gateway 403 body {body!r}")
+
+
+def expect_http_403(call: Callable[[], Any], gateway: bool) -> None:
+    try:
+        call()
+    except cartesia.PermissionDeniedError as error:
+        if gateway:
+            expect_gateway_403(error.body)
+        return
+    raise AssertionError("the call succeeded without its grant")
+
+
+def expect_websocket_403(open_websocket: Callable[[], Any], gateway: bool) -> None:
+    """Entering the SDK connection manager that `open_websocket` returns makes the handshake."""
+    try:
+        with open_websocket():
+            pass
+    except InvalidStatus as error:
+        status = error.response.status_code
+        expect(status == 403, f"handshake status {status}")
+        if gateway:
+            expect_gateway_403(json.loads(error.response.body or b"null"))
+        return
+    raise AssertionError("the WebSocket opened without its grant")
+
+
+def write_tone_wav(out_dir: str) -> str:
+    """Writes a WAV of the length the stand-in would synthesize for TRANSCRIPT."""
+    path = os.path.join(out_dir, "tone.wav")
+    with wave.open(path, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(tone_s16(expected_samples(TRANSCRIPT) / RATE))
+    return path
+
+
+def run_without_grant(client: Cartesia, checks: Checks, missing: str, out_dir: str, gateway: bool) -> None:
+    exact = checks.exact
+    if missing == "stt":
+        wav_path = ""
+
+        def tts_bytes() -> None:
+            nonlocal wav_path
+            wav_path = check_tts_bytes(client, out_dir, exact)
+
+        checks.run("token: tts.generate WAV is valid", tts_bytes)
+        checks.run("token: tts websocket contexts", lambda: check_tts_websocket(client, exact))
+
+        def transcribe() -> None:
+            with open(wav_path, "rb") as audio:
+                client.stt.transcribe(file=audio, model="ink-whisper")
+
+        checks.run(
+            "stt manual_finalize websocket gets 403",
+            lambda: expect_websocket_403(
+                lambda: client.stt.manual_finalize.websocket(
+                    model="ink-whisper", encoding="pcm_s16le", sample_rate=RATE
+                ),
+                gateway,
+            ),
+        )
+        checks.run(
+            "stt auto_finalize websocket gets 403",
+            lambda: expect_websocket_403(
+                lambda: client.stt.auto_finalize.websocket(model="ink-2", encoding="pcm_s16le", sample_rate=RATE),
+                gateway,
+            ),
+        )
+        checks.run("stt.transcribe gets 403", lambda: expect_http_403(transcribe, gateway))
+    else:
+        checks.run(
+            "tts.generate gets 403",
+            lambda: expect_http_403(
+                lambda: client.tts.generate(model_id=MODEL, transcript="x", voice=VOICE, output_format=WAV_S16),
+                gateway,
+            ),
+        )
+        checks.run(
+            "tts.generate_sse gets 403",
+            lambda: expect_http_403(
+                lambda: list(
+                    client.tts.generate_sse(model_id=MODEL, transcript="x", voice=VOICE, output_format=RAW_S16)
+                ),
+                gateway,
+            ),
+        )
+        checks.run(
+            "tts websocket gets 403",
+            lambda: expect_websocket_403(client.tts.websocket_connect, gateway),
+        )
+        wav_path = write_tone_wav(out_dir)
+        checks.run("token: stt manual_finalize websocket", lambda: check_stt_manual(client, exact))
+        checks.run("token: stt auto_finalize websocket", lambda: check_stt_turns(client, exact))
+        checks.run("token: stt.transcribe", lambda: check_stt_batch(client, wav_path, exact))
 
 
 def main() -> int:
@@ -282,11 +392,29 @@ def main() -> int:
     credential = parser.add_mutually_exclusive_group(required=True)
     credential.add_argument("--api-key")
     credential.add_argument("--token")
+    credential.add_argument("--token-env", metavar="NAME", help="read the token from environment variable NAME")
     parser.add_argument("--any-transcript", action="store_true", help="check shapes only, not stand-in texts")
+    parser.add_argument("--gateway", action="store_true", help="expect cartesia-gateway's JSON error bodies")
+    parser.add_argument(
+        "--without-grant", choices=["tts", "stt"], help="the token lacks this grant; expect 403 on its routes"
+    )
     args = parser.parse_args()
+
+    token = args.token
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            parser.error(f"environment variable {args.token_env} is not set")
+    if args.without_grant and not token:
+        parser.error("--without-grant needs --token or --token-env")
 
     checks = Checks(exact=not args.any_transcript)
     with tempfile.TemporaryDirectory() as out_dir:
+        if args.without_grant:
+            limited = Cartesia(token=token, base_url=args.base_url, max_retries=0)
+            run_without_grant(limited, checks, args.without_grant, out_dir, args.gateway)
+            print(f"{len(checks.passed)} checks passed", flush=True)
+            return 0
         if args.api_key:
             key_client = Cartesia(api_key=args.api_key, base_url=args.base_url)
             run_all(key_client, checks, "api_key", out_dir)
@@ -306,15 +434,16 @@ def main() -> int:
                 raise AssertionError("a token without the tts grant was accepted")
 
             checks.run("token without tts grant gets 403", missing_grant)
-        else:
-            token = args.token
         token_client = Cartesia(token=token, base_url=args.base_url)
         run_all(token_client, checks, "token", out_dir)
         checks.run(
             "browser-style query handshakes",
             lambda: check_browser_handshakes(args.base_url, token),
         )
-        checks.run("tampered token gets 401", lambda: check_rejections(args.base_url, token, checks.exact))
+        checks.run(
+            "tampered token gets 401",
+            lambda: check_rejections(args.base_url, token, checks.exact, args.gateway),
+        )
     print(f"{len(checks.passed)} checks passed", flush=True)
     return 0
 
