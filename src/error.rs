@@ -38,6 +38,10 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error("session lacks the {} grant", grant.as_str())]
     GrantMissing { grant: Grant },
+    #[error("the request's Origin is not an allowed origin")]
+    OriginNotAllowed,
+    #[error("a cookie-authenticated request came without an allowed Origin")]
+    OriginRequired,
     #[error("invalid WebSocket handshake: {0}")]
     Handshake(#[from] HandshakeError),
     #[error("minting a Cartesia access token failed: {0}")]
@@ -59,6 +63,8 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::Session(_)
             | GatewayError::GrantMissing { .. }
+            | GatewayError::OriginNotAllowed
+            | GatewayError::OriginRequired
             | GatewayError::Handshake(_) => Side::Client,
             GatewayError::Mint(_)
             | GatewayError::UpstreamConnect(_)
@@ -88,6 +94,16 @@ impl GatewayError {
                 StatusCode::FORBIDDEN,
                 "grant_missing",
                 "The session does not grant access to this route.",
+            ),
+            GatewayError::OriginNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "Requests from this origin are not allowed.",
+            ),
+            GatewayError::OriginRequired => (
+                StatusCode::FORBIDDEN,
+                "origin_required",
+                "Cookie-authenticated requests must come from an allowed origin.",
             ),
             GatewayError::Handshake(error) => (error.status(), error.code(), error.message()),
             GatewayError::Mint(error) => match error.as_ref() {

@@ -6,13 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
+use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 use jsonwebtoken::DecodingKey;
 use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::config::{API_KEY_ENV, Config, ConfigError};
+use crate::cors::{self, CorsPolicy, OriginCheck};
 use crate::error::{GatewayError, Side};
 use crate::routes::{Route, RouteKind};
 use crate::secret::Secret;
@@ -21,7 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::tls::{self, ServerTls, TlsError};
 use crate::tokens::{MintedToken, TokenCache, TokenSource};
 use crate::upstream::Upstream;
-use crate::{proxy, websocket};
+use crate::{forwarded, proxy, websocket};
 
 /// A reason the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub struct Gateway {
     pub(crate) tokens: TokenCache,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) tls: ServerTls,
+    pub(crate) cors: CorsPolicy,
+    /// `Strict-Transport-Security`, sent on every HTTPS response.
+    hsts: HeaderValue,
 }
 
 /// A request that passed the session and grant checks, with its token.
@@ -69,8 +74,14 @@ impl Gateway {
         let api_key = load_api_key(&config, &read_env)?;
         let session_key: DecodingKey = session::load_decoding_key(&config.session, &read_env)?;
         let upstream = Arc::new(Upstream::new(&config.upstream, client_tls));
+        let cors = CorsPolicy::new(
+            config.cors.allowed_origins.clone(),
+            config.cors.max_age.as_secs(),
+        );
         Ok(Gateway {
             sessions: SessionVerifier::new(&config.session, session_key),
+            cors,
+            hsts: config.hsts.header_value(),
             tokens: TokenCache::new(&config.tokens, Arc::clone(&upstream), &api_key),
             upstream,
             tls,
@@ -95,17 +106,24 @@ impl Gateway {
         let started = Instant::now();
         let method = request.method().clone();
         let route = Route::from_path(request.uri().path());
+        let client_ip = forwarded::client_ip(
+            connection.peer,
+            request.headers(),
+            &self.config.server.trusted_proxies,
+        );
         let span = tracing::info_span!(
             "req",
+            client.addr = %client_ip,
             method = %method,
             route = route.map_or("unknown", Route::path),
         );
         async move {
+            let origin = self.cors.check(request.headers());
             let result = match route {
                 None => Err(GatewayError::NotFound),
-                Some(route) => self.dispatch(route, request, &connection).await,
+                Some(route) => self.dispatch(route, request, &connection, &origin).await,
             };
-            match result {
+            let mut response = match result {
                 Ok(response) => {
                     tracing::debug!(
                         status = response.status().as_u16(),
@@ -118,10 +136,25 @@ impl Gateway {
                     log_error(&error);
                     error.to_response()
                 }
-            }
+            };
+            self.add_response_headers(&mut response, &origin);
+            response
         }
         .instrument(span)
         .await
+    }
+
+    /// Adds HSTS to every response, and the CORS headers to responses for
+    /// an allowed origin.
+    fn add_response_headers(&self, response: &mut Response<ResponseBody>, origin: &OriginCheck) {
+        response
+            .headers_mut()
+            .insert(STRICT_TRANSPORT_SECURITY, self.hsts.clone());
+        match origin {
+            OriginCheck::Allowed(origin) => self.cors.apply(origin, response),
+            OriginCheck::Denied => cors::add_vary(response.headers_mut()),
+            OriginCheck::Absent => {}
+        }
     }
 
     async fn dispatch(
@@ -129,8 +162,20 @@ impl Gateway {
         route: Route,
         mut request: Request<Incoming>,
         connection: &Connection,
+        origin: &OriginCheck,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        if cors::is_preflight(request.method(), request.headers()) {
+            return match origin {
+                OriginCheck::Allowed(_) => Ok(self.cors.preflight(route, request.headers())),
+                OriginCheck::Absent | OriginCheck::Denied => Err(GatewayError::OriginNotAllowed),
+            };
+        }
         if request.method() != route.method() {
+            if request.method() == Method::OPTIONS {
+                // An OPTIONS that is not a preflight needs a session like
+                // any other request before it learns anything about the route.
+                self.check_session(route, request.headers(), request.uri().query())?;
+            }
             return Err(GatewayError::MethodNotAllowed {
                 allowed: route.method(),
             });
@@ -138,27 +183,30 @@ impl Gateway {
         match route.kind() {
             RouteKind::Http => {
                 let authorized = self
-                    .authorize(route, request.headers(), request.uri().query())
+                    .authorize(route, request.headers(), request.uri().query(), origin)
                     .await?;
                 proxy::forward(self, request, &authorized).await
             }
             RouteKind::WebSocket => {
                 let handshake = websocket::ClientHandshake::validate(&mut request)?;
+                if *origin == OriginCheck::Denied {
+                    return Err(GatewayError::OriginNotAllowed);
+                }
                 let authorized = self
-                    .authorize(route, request.headers(), request.uri().query())
+                    .authorize(route, request.headers(), request.uri().query(), origin)
                     .await?;
                 websocket::forward(self, request, handshake, &authorized, connection).await
             }
         }
     }
 
-    /// Checks the session and grant for `route`, then fetches its token.
-    async fn authorize(
+    /// Finds and verifies the session and checks the route's grant.
+    fn check_session(
         &self,
         route: Route,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Result<Authorized, GatewayError> {
+    ) -> Result<(Arc<Session>, CredentialSource), GatewayError> {
         let websocket = route.kind() == RouteKind::WebSocket;
         let (token, credential) =
             session::extract(headers, query, &self.config.session.cookie_name, websocket)?;
@@ -167,6 +215,21 @@ impl Gateway {
         if !session.grants.contains(grant) {
             return Err(GatewayError::GrantMissing { grant });
         }
+        Ok((session, credential))
+    }
+
+    /// Checks the session, grant and origin rules for `route`, then fetches
+    /// its token.
+    async fn authorize(
+        &self,
+        route: Route,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        origin: &OriginCheck,
+    ) -> Result<Authorized, GatewayError> {
+        let (session, credential) = self.check_session(route, headers, query)?;
+        cors::check_cookie_origin(route.kind(), credential, origin, headers)?;
+        let grant = route.grant();
         let (token, token_source) = self
             .tokens
             .get(&session.user_id, grant)
@@ -201,6 +264,12 @@ fn log_error(error: &GatewayError) {
                 grant = grant.as_str(),
                 "request denied"
             );
+        }
+        (GatewayError::OriginNotAllowed, _) => {
+            tracing::info!(reason = "origin_not_allowed", "request denied");
+        }
+        (GatewayError::OriginRequired, _) => {
+            tracing::info!(reason = "origin_required", "request denied");
         }
         (_, Side::Client) => tracing::debug!(error = %error, "client error"),
         (_, Side::Upstream) => tracing::warn!(error = %error, "upstream error"),

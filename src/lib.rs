@@ -26,10 +26,13 @@
 
 pub mod body;
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod forwarded;
 pub mod gateway;
 pub mod proxy;
 pub mod query;
+pub mod redirect;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The `cartesia-gateway` command.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -66,20 +67,36 @@ fn run(config_path: PathBuf) -> Result<(), String> {
     telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
     runtime.block_on(async move {
-        let listen = config.server.listen;
+        let listener = bind(config.server.listen, "server.listen").await?;
+        let redirect = match config.redirect.clone() {
+            Some(redirect) => Some((bind(redirect.listen, "redirect.listen").await?, redirect)),
+            None => None,
+        };
         let gateway = Gateway::new(config, |name| std::env::var(name).ok())
             .map_err(|error| error.to_string())?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|error| {
-                format!(
-                    "cannot listen on {listen} (server.listen): {error}; \
-                     free the port or choose another with server.listen"
-                )
-            })?;
-        cartesia_gateway::serve(listener, Arc::new(gateway), shutdown_signal())
-            .await
-            .map_err(|error| error.to_string())
+
+        let (stop_redirects, redirects_stopped) = tokio::sync::oneshot::channel::<()>();
+        let redirect_task = redirect.map(|(listener, redirect)| {
+            tokio::spawn(cartesia_gateway::redirect::serve_redirects(
+                listener,
+                redirect,
+                async move {
+                    let _ = redirects_stopped.await;
+                },
+            ))
+        });
+        let served = cartesia_gateway::serve(listener, Arc::new(gateway), shutdown_signal()).await;
+        let _ = stop_redirects.send(());
+        if let Some(task) = redirect_task {
+            let _ = task.await;
+        }
+        served.map_err(|error| error.to_string())
+    })
+}
+
+async fn bind(address: SocketAddr, key: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(address).await.map_err(|error| {
+        format!("cannot listen on {address} ({key}): {error}; free the port or choose another with {key}")
     })
 }
 

@@ -166,10 +166,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Client headers that describe the client's network path. The gateway
+/// neither believes them from untrusted peers nor passes them on, so the
+/// client's address does not reach Cartesia.
+const FORWARDING: [HeaderName; 5] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+];
+
 /// Prepares client request headers for the upstream: drops hop-by-hop
-/// headers, `Host` and every client credential, then attaches the minted
-/// token and, when the client sent no version, the default
-/// `Cartesia-Version`.
+/// headers, `Host`, forwarding headers and every client credential, then
+/// attaches the minted token and, when the client sent no version, the
+/// default `Cartesia-Version`.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     authorization: &HeaderValue,
@@ -178,6 +189,9 @@ pub fn prepare_request_headers(
 ) {
     remove_hop_by_hop(headers);
     headers.remove(header::HOST);
+    for name in &FORWARDING {
+        headers.remove(name);
+    }
     headers.remove(header::COOKIE);
     headers.remove(X_API_KEY);
     headers.insert(header::AUTHORIZATION, authorization.clone());
@@ -186,12 +200,27 @@ pub fn prepare_request_headers(
     }
 }
 
+/// Upstream response headers that would act on the gateway's own origin.
+/// The gateway sets its own CORS and HSTS headers.
+const ORIGIN_SCOPED: [HeaderName; 9] = [
+    header::SET_COOKIE,
+    header::ALT_SVC,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_ALLOW_HEADERS,
+    header::ACCESS_CONTROL_ALLOW_METHODS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::ACCESS_CONTROL_MAX_AGE,
+];
+
 /// Prepares upstream response headers for the client: drops hop-by-hop
 /// headers and those that would act on the gateway's own origin.
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    headers.remove(header::SET_COOKIE);
-    headers.remove(HeaderName::from_static("alt-svc"));
+    for name in &ORIGIN_SCOPED {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +260,11 @@ mod tests {
         headers.insert(header::COOKIE, HeaderValue::from_static("session=abc"));
         headers.insert(X_API_KEY, HeaderValue::from_static("sk_car_client"));
         headers.insert(header::HOST, HeaderValue::from_static("gateway.example"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        headers.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=203.0.113.9"),
+        );
         let token = HeaderValue::from_static("Bearer minted");
         let version = HeaderValue::from_static("2026-08-14");
         prepare_request_headers(&mut headers, &token, &version, false);
@@ -239,6 +273,26 @@ mod tests {
         assert!(!headers.contains_key(header::COOKIE));
         assert!(!headers.contains_key(X_API_KEY));
         assert!(!headers.contains_key(header::HOST));
+        assert!(!headers.contains_key("x-forwarded-for"));
+        assert!(!headers.contains_key(header::FORWARDED));
+    }
+
+    #[test]
+    fn origin_scoped_response_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=1"),
+        );
+        headers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        headers.insert("cartesia-file-id", HeaderValue::from_static("file_1"));
+        prepare_response_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("cartesia-file-id"));
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.cartesia.ai";
 pub const API_KEY_ENV: &str = "CARTESIA_API_KEY";
 /// `Cartesia-Version` sent when the client sends none (the 4.x SDKs' value).
 pub const DEFAULT_CARTESIA_VERSION: &str = "2026-08-14";
+/// Default `Strict-Transport-Security` max-age: one year.
+pub const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(31_536_000);
+/// Default time browsers may cache a CORS preflight answer.
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
 /// Default upstream TCP and TLS connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time to wait for the upstream's response head once the request
@@ -109,6 +113,11 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tokens: TokenConfig,
     pub log: LogConfig,
+    pub hsts: HstsConfig,
+    pub cors: CorsConfig,
+    /// The plain-HTTP redirect listener; `None` when it is off.
+    pub redirect: Option<RedirectConfig>,
+    pub websocket: WebSocketConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +128,54 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `Strict-Transport-Security` settings (RFC 6797).
+#[derive(Clone, Debug)]
+pub struct HstsConfig {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl HstsConfig {
+    /// The header value, such as `max-age=31536000; includeSubDomains`.
+    pub fn header_value(&self) -> HeaderValue {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
+    }
+}
+
+/// Browser cross-origin settings.
+#[derive(Clone, Debug)]
+pub struct CorsConfig {
+    /// Serialized origins, such as `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+    pub max_age: Duration,
+}
+
+/// The plain-HTTP listener that only redirects to HTTPS.
+#[derive(Clone, Debug)]
+pub struct RedirectConfig {
+    pub listen: SocketAddr,
+    /// Host name in the `Location` of every redirect; the request's `Host`
+    /// header is never used.
+    pub public_host: String,
+    pub public_port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebSocketConfig {
+    /// Longest time a WebSocket stays open; `None` for no limit.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// Where the key that verifies session JWTs comes from.

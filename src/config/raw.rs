@@ -24,6 +24,43 @@ pub(super) struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    hsts: RawHsts,
+    #[serde(default)]
+    cors: RawCors,
+    #[serde(default)]
+    redirect: RawRedirect,
+    #[serde(default)]
+    websocket: RawWebSocket,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHsts {
+    max_age_secs: Option<u64>,
+    include_subdomains: Option<bool>,
+    preload: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: Option<Vec<String>>,
+    max_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    listen: Option<String>,
+    public_host: Option<String>,
+    public_port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebSocket {
+    max_lifetime_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +72,7 @@ struct RawServer {
     tls_handshake_timeout_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,8 +120,14 @@ struct RawLog {
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let redirect = self.redirect.validate(server.listen.port())?;
         Ok(Config {
-            server: self.server.validate()?,
+            hsts: self.hsts.validate()?,
+            cors: self.cors.validate()?,
+            redirect,
+            websocket: RawWebSocket::validate(self.websocket),
+            server,
             session: self.session.validate()?,
             upstream: self.upstream.validate()?,
             tokens: self.tokens.validate()?,
@@ -124,8 +168,149 @@ impl RawServer {
             shutdown_timeout: self
                 .shutdown_timeout_secs
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_secs),
+            trusted_proxies: self
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|text| parse_network(text))
+                .collect::<Result<_, _>>()?,
         })
     }
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address.
+fn parse_network(text: &str) -> Result<ipnet::IpNet, ConfigError> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::invalid(
+                "server.trusted_proxies",
+                format!("{text:?} is not an IP address or CIDR network such as \"10.0.0.0/8\""),
+            )
+        })
+}
+
+impl RawHsts {
+    fn validate(self) -> Result<HstsConfig, ConfigError> {
+        let config = HstsConfig {
+            max_age: self
+                .max_age_secs
+                .map_or(DEFAULT_HSTS_MAX_AGE, Duration::from_secs),
+            include_subdomains: self.include_subdomains.unwrap_or(false),
+            preload: self.preload.unwrap_or(false),
+        };
+        // Browsers' preload lists accept a site only with includeSubDomains
+        // and a max-age of at least one year.
+        if config.preload && (!config.include_subdomains || config.max_age < DEFAULT_HSTS_MAX_AGE) {
+            return Err(ConfigError::invalid(
+                "hsts.preload",
+                "preload needs hsts.include_subdomains = true and hsts.max_age_secs of at least 31536000",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+impl RawCors {
+    fn validate(self) -> Result<CorsConfig, ConfigError> {
+        let allowed_origins = self
+            .allowed_origins
+            .unwrap_or_default()
+            .iter()
+            .map(|origin| {
+                crate::cors::normalize_origin(origin).map_err(|error| {
+                    ConfigError::invalid("cors.allowed_origins", format!("{origin:?}: {error}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CorsConfig {
+            allowed_origins,
+            max_age: self
+                .max_age_secs
+                .map_or(DEFAULT_CORS_MAX_AGE, Duration::from_secs),
+        })
+    }
+}
+
+impl RawRedirect {
+    fn validate(self, https_port: u16) -> Result<Option<RedirectConfig>, ConfigError> {
+        let Some(listen) = self.listen else {
+            if self.public_host.is_some() || self.public_port.is_some() {
+                return Err(ConfigError::invalid(
+                    "redirect.listen",
+                    "set redirect.listen to turn on the redirect listener, or remove the other redirect keys",
+                ));
+            }
+            return Ok(None);
+        };
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "redirect.listen",
+                format!("{listen:?} is not an IP address and port, such as \"0.0.0.0:8080\""),
+            )
+        })?;
+        let public_host = self.public_host.ok_or_else(|| {
+            ConfigError::invalid(
+                "redirect.public_host",
+                "set the host name that redirects point to, such as \"voice.example.com\"",
+            )
+        })?;
+        if !is_host_name(&public_host) {
+            return Err(ConfigError::invalid(
+                "redirect.public_host",
+                format!(
+                    "{public_host:?} is not a host name; give the name alone, without scheme, port or path"
+                ),
+            ));
+        }
+        let public_port = match self.public_port {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "redirect.public_port",
+                    "must be from 1 to 65535",
+                ));
+            }
+            Some(port) => port,
+            None => https_port,
+        };
+        Ok(Some(RedirectConfig {
+            listen,
+            public_host: public_host.to_ascii_lowercase(),
+            public_port,
+        }))
+    }
+}
+
+impl RawWebSocket {
+    fn validate(self) -> WebSocketConfig {
+        WebSocketConfig {
+            max_lifetime: self
+                .max_lifetime_secs
+                .filter(|secs| *secs > 0)
+                .map(Duration::from_secs),
+        }
+    }
+}
+
+/// A DNS name or an IP address (IPv6 in brackets).
+fn is_host_name(text: &str) -> bool {
+    if let Some(inner) = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        })
 }
 
 impl RawSession {

@@ -22,6 +22,8 @@ mod relay;
 pub use handshake::{ClientHandshake, HandshakeError, check_upstream_answer};
 pub use relay::{RelaySummary, relay};
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use http::header::{
     CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
@@ -31,6 +33,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,6 +44,7 @@ use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
 use crate::gateway::{Authorized, Connection, Gateway};
 use crate::query;
+use crate::shutdown::Shutdown;
 use crate::upstream;
 
 /// Makes the upstream handshake for an authorized client handshake and, on
@@ -104,11 +108,16 @@ pub async fn forward(
     let protocol = check_upstream_answer(response.headers(), &key, client.protocols.as_ref())
         .map_err(GatewayError::UpstreamHandshake)?;
     let upstream_upgrade = hyper::upgrade::on(response);
+    let limits = CloseLimits {
+        session_expires_at: authorized.session.expires_at + gateway.config.session.leeway.as_secs(),
+        max_lifetime: gateway.config.websocket.max_lifetime,
+    };
     spawn_relay(
         client.on_upgrade,
         upstream_upgrade,
         authorized,
         connection.clone(),
+        limits,
     );
 
     let mut answer = Response::new(body::empty());
@@ -123,12 +132,57 @@ pub async fn forward(
     Ok(answer)
 }
 
+/// When the gateway closes a WebSocket by itself.
+struct CloseLimits {
+    /// Unix time in seconds after which the session that opened the
+    /// WebSocket no longer verifies: its `exp` plus the leeway.
+    session_expires_at: u64,
+    max_lifetime: Option<Duration>,
+}
+
+impl CloseLimits {
+    /// Completes with the close frame for the first limit reached:
+    /// shutdown (1001), session expiry or maximum lifetime (1008).
+    async fn reached(self, mut shutdown: Shutdown) -> CloseFrame {
+        let opened = Instant::now();
+        let until_expiry = self.session_expires_at.saturating_sub(unix_now());
+        let expiry = tokio::time::sleep_until(opened + Duration::from_secs(until_expiry));
+        let lifetime = async {
+            match self.max_lifetime {
+                Some(limit) => tokio::time::sleep_until(opened + limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (code, reason) = tokio::select! {
+            () = shutdown.signalled() => (CloseCode::Away, "gateway shutting down"),
+            () = expiry => (CloseCode::Policy, "session expired"),
+            () = lifetime => (CloseCode::Policy, "connection lifetime exceeded"),
+        };
+        tracing::debug!(
+            close.code = u16::from(code),
+            reason,
+            "gateway closes the WebSocket"
+        );
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 /// Starts the relay task, which waits for both upgrades to complete.
 fn spawn_relay(
     client_upgrade: hyper::upgrade::OnUpgrade,
     upstream_upgrade: hyper::upgrade::OnUpgrade,
     authorized: &Authorized,
     connection: Connection,
+    limits: CloseLimits,
 ) {
     let span = tracing::info_span!(
         "websocket",
@@ -148,14 +202,7 @@ fn spawn_relay(
         let upstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
         tracing::debug!("WebSocket opened");
-        let mut shutdown = connection.shutdown;
-        let stop = async move {
-            shutdown.signalled().await;
-            CloseFrame {
-                code: CloseCode::Away,
-                reason: "gateway shutting down".into(),
-            }
-        };
+        let stop = limits.reached(connection.shutdown);
         let summary = relay(client, upstream, stop).await;
         tracing::debug!(
             closed_by = summary.closed_by.as_str(),

@@ -30,6 +30,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The Cartesia API key the stand-in accepts and the gateway uses.
 pub const API_KEY: &str = "sk_car_test_0123456789abcdefghijklmnop";
+/// The browser origin the test gateway allows.
+pub const APP_ORIGIN: &str = "https://app.test";
 /// The HMAC secret that signs test sessions.
 pub const SESSION_SECRET: &str = "test-session-secret-0123456789-abcdefghijkl";
 
@@ -55,6 +57,9 @@ pub struct Options {
     pub session: &'static str,
     pub upstream: &'static str,
     pub tokens: &'static str,
+    pub cors: &'static str,
+    pub hsts: &'static str,
+    pub websocket: &'static str,
     /// Replaces the upstream base URL (the stand-in's by default).
     pub upstream_url: Option<String>,
 }
@@ -108,6 +113,16 @@ ca_file = "{ca}"
 [tokens]
 {tokens}
 
+[cors]
+allowed_origins = ["{APP_ORIGIN}"]
+{cors}
+
+[hsts]
+{hsts}
+
+[websocket]
+{websocket}
+
 [log]
 level = "trace"
 "#,
@@ -118,6 +133,9 @@ level = "trace"
             session = options.session,
             upstream = options.upstream,
             tokens = options.tokens,
+            cors = options.cors,
+            hsts = options.hsts,
+            websocket = options.websocket,
         );
         let config = Config::from_toml_str(&text, std::iter::empty()).unwrap();
         let gateway = Gateway::new(config, |name| match name {
