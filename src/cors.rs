@@ -1,5 +1,5 @@
-//! Cross-origin rules for browsers: the allowed-origin list, CORS preflight
-//! answers, and the CORS headers on every response to an allowed origin.
+//! Cross-origin rules for browsers: the allowed-origin list, responses to CORS
+//! preflights, and the CORS headers on every response to an allowed origin.
 //!
 //! Origins are compared in their serialized form (RFC 6454 section 6.1):
 //! lower-case scheme and host, and the port only when it is not the
@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::routes::{Route, RouteKind};
 use crate::session::CredentialSource;
 
-/// Fetch metadata header that tells whether a request is same-origin.
+/// Fetch metadata header that states whether a request is same-origin.
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
 /// Request headers a preflight may ask for: the ones the official Cartesia
@@ -151,7 +151,7 @@ impl CorsPolicy {
         }
     }
 
-    /// Answers a CORS preflight for `route` from an allowed origin, without
+    /// Builds the response to a CORS preflight for `route` from an allowed origin, without
     /// a session and without contacting the upstream. The caller adds the
     /// origin headers with [`CorsPolicy::apply`].
     pub fn preflight(&self, route: Route, headers: &HeaderMap) -> Response<ResponseBody> {

@@ -66,9 +66,11 @@ impl Credential {
 
     fn apply(self, builder: http::request::Builder, session: &str) -> http::request::Builder {
         match self {
-            Credential::Cookie => {
-                builder.header("cookie", format!("theme=dark; session={session}"))
-            }
+            // Browsers attach the cookie by themselves and send `Origin`
+            // with every cross-origin POST, which the gateway requires.
+            Credential::Cookie => builder
+                .header("cookie", format!("theme=dark; session={session}"))
+                .header("origin", APP_ORIGIN),
             Credential::Bearer => builder.header("authorization", format!("Bearer {session}")),
         }
     }

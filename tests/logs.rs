@@ -87,7 +87,12 @@ async fn trace_log_contains_no_secret() {
     let cookie_session = distinct_session("log-user", &["tts", "stt"], "cookie");
     sessions.push(cookie_session.clone());
     let cookie = format!("theme=dark; session={cookie_session}");
-    let (status, body) = post_tts_bytes(&harness, false, &[("cookie", &cookie)]).await;
+    let (status, body) = post_tts_bytes(
+        &harness,
+        false,
+        &[("cookie", &cookie), ("origin", APP_ORIGIN)],
+    )
+    .await;
     assert_eq!(status, 200, "cookie session: {body:?}");
 
     // Bearer session over HTTP/2: the cached token is reused.
@@ -119,7 +124,12 @@ async fn trace_log_contains_no_secret() {
     );
     sessions.push(forged.clone());
     let forged_cookie = format!("session={forged}");
-    let (status, body) = post_tts_bytes(&harness, false, &[("cookie", &forged_cookie)]).await;
+    let (status, body) = post_tts_bytes(
+        &harness,
+        false,
+        &[("cookie", &forged_cookie), ("origin", APP_ORIGIN)],
+    )
+    .await;
     assert_eq!(status, 401, "badly signed session: {body:?}");
 
     let (status, body) = post_tts_bytes(&harness, false, &[]).await;

@@ -63,6 +63,12 @@ fn unsigned_token(claims: &Value) -> String {
     format!("{header}.{payload}.")
 }
 
+/// The `Origin` header a browser on the allowed app origin sends along with
+/// its cookie; cookie-authenticated requests need it.
+fn app_origin() -> (&'static str, String) {
+    ("origin", APP_ORIGIN.to_owned())
+}
+
 fn tts_request(harness: &Harness, query: &str, headers: &[(&str, String)]) -> Request<Full<Bytes>> {
     let mut builder = Request::post(format!("{}/tts/bytes{query}", harness.url()))
         .header("content-type", "application/json");
@@ -243,7 +249,10 @@ async fn assert_session_rejected(harness: &Harness, presented: Presented, code: 
         Presented::Token(token) => {
             let attempts = vec![
                 ("bearer", vec![("authorization", format!("Bearer {token}"))]),
-                ("cookie", vec![("cookie", format!("session={token}"))]),
+                (
+                    "cookie",
+                    vec![("cookie", format!("session={token}")), app_origin()],
+                ),
             ];
             (attempts, Some(token.as_str()))
         }
@@ -412,7 +421,12 @@ async fn missing_grant_is_forbidden() {
     );
 
     let empty = session_token(claims(json!([])));
-    let response = post_tts(&harness, "", &[("cookie", format!("session={empty}"))]).await;
+    let response = post_tts(
+        &harness,
+        "",
+        &[("cookie", format!("session={empty}")), app_origin()],
+    )
+    .await;
     let case = "POST /tts/bytes with an empty grant list";
     assert_rejected(
         &harness,
@@ -521,9 +535,12 @@ async fn each_credential_place_works() {
     let cookie = ("cookie", format!("theme=dark; session={token}"));
 
     for (place, headers) in [
-        ("cookie", vec![cookie.clone()]),
+        ("cookie", vec![cookie.clone(), app_origin()]),
         ("bearer", vec![bearer.clone()]),
-        ("cookie and bearer", vec![cookie.clone(), bearer.clone()]),
+        (
+            "cookie and bearer",
+            vec![cookie.clone(), bearer.clone(), app_origin()],
+        ),
     ] {
         let (response, body) = post_tts(&harness, "", &headers).await;
         assert_eq!(response.status(), 200, "POST /tts/bytes, {place}: {body:?}");
@@ -542,7 +559,7 @@ async fn each_credential_place_works() {
     let socket = open_stt(
         &harness,
         &format!("&access_token={token}"),
-        &[cookie, bearer],
+        &[cookie, bearer, app_origin()],
     )
     .await
     .unwrap_or_else(|error| panic!("/stt/websocket, all three agreeing: {error}"));
@@ -639,17 +656,22 @@ async fn conflicting_credentials_are_rejected() {
             vec![
                 ("cookie", format!("session={first}")),
                 ("authorization", format!("Bearer {second}")),
+                app_origin(),
             ],
         ),
         (
             "two session cookies in one header",
-            vec![("cookie", format!("session={first}; session={second}"))],
+            vec![
+                ("cookie", format!("session={first}; session={second}")),
+                app_origin(),
+            ],
         ),
         (
             "two session cookie headers",
             vec![
                 ("cookie", format!("session={first}")),
                 ("cookie", format!("session={second}")),
+                app_origin(),
             ],
         ),
     ];
@@ -664,7 +686,7 @@ async fn conflicting_credentials_are_rejected() {
     }
 
     let query = format!("&access_token={second}");
-    let cookie = [("cookie", format!("session={first}"))];
+    let cookie = [("cookie", format!("session={first}")), app_origin()];
     let response = stt_handshake(&harness, &query, &cookie).await;
     let case = "/stt/websocket, query token differs from cookie";
     assert_rejected(&harness, &response, unauthorized, code, &jwts, case);

@@ -148,10 +148,10 @@ async fn stt_websocket_transcribes_with_cookie() {
     let mut socket = harness
         .websocket(
             &format!("/stt/websocket?{STT_QUERY}"),
-            &[("cookie", &cookie)],
+            &[("cookie", &cookie), ("origin", APP_ORIGIN)],
         )
         .await
-        .expect("handshake with a cookie session succeeds");
+        .expect("handshake with a cookie session and an allowed origin succeeds");
 
     for _ in 0..10 {
         socket.send(Message::binary(silence_100ms())).await.unwrap();
@@ -260,7 +260,11 @@ async fn every_credential_kind_reaches_upstream_as_token() {
         let cookie = format!("session={session}");
         let (headers, access_token): (Vec<(&str, &str)>, String) = match kind {
             "bearer" => (vec![("authorization", &bearer)], String::new()),
-            "cookie" => (vec![("cookie", &cookie)], String::new()),
+            // A browser sends its Origin with the cookie.
+            "cookie" => (
+                vec![("cookie", &cookie), ("origin", APP_ORIGIN)],
+                String::new(),
+            ),
             _ => (Vec::new(), format!("access_token={session}&")),
         };
         let path = format!(

@@ -753,3 +753,122 @@ fn unrelated_variables_are_ignored() {
         "127.0.0.1:8443".parse::<SocketAddr>().unwrap()
     );
 }
+
+// Browser safety: HSTS, CORS, redirects, trusted proxies and WebSocket limits.
+
+#[test]
+fn browser_settings_default_to_safe_values() {
+    let config = parse("");
+    assert_eq!(config.hsts.max_age, DEFAULT_HSTS_MAX_AGE);
+    assert!(!config.hsts.include_subdomains);
+    assert!(!config.hsts.preload);
+    assert_eq!(config.hsts.header_value(), "max-age=31536000");
+    assert!(config.cors.allowed_origins.is_empty());
+    assert_eq!(config.cors.max_age, DEFAULT_CORS_MAX_AGE);
+    assert!(config.redirect.is_none());
+    assert!(config.server.trusted_proxies.is_empty());
+    assert_eq!(config.websocket.max_lifetime, None);
+}
+
+#[test]
+fn hsts_options_appear_in_header() {
+    let config = parse("[hsts]\ninclude_subdomains = true\npreload = true\n");
+    assert_eq!(
+        config.hsts.header_value(),
+        "max-age=31536000; includeSubDomains; preload"
+    );
+}
+
+#[test]
+fn hsts_preload_needs_subdomains_and_a_year() {
+    assert_rejected_naming("[hsts]\npreload = true\n", "hsts.preload");
+    assert_rejected_naming(
+        "[hsts]\npreload = true\ninclude_subdomains = true\nmax_age_secs = 600\n",
+        "hsts.preload",
+    );
+}
+
+#[test]
+fn allowed_origins_are_normalized() {
+    let config = parse(
+        "[cors]\nallowed_origins = [\"https://App.Example.com:443\", \"http://localhost:3000\"]\n",
+    );
+    assert_eq!(
+        config.cors.allowed_origins,
+        vec!["https://app.example.com", "http://localhost:3000"]
+    );
+}
+
+#[test]
+fn invalid_allowed_origins_are_rejected() {
+    for origin in ["*", "null", "https://app.example.com/", "app.example.com"] {
+        assert_rejected_naming(
+            &format!("[cors]\nallowed_origins = [\"{origin}\"]\n"),
+            "cors.allowed_origins",
+        );
+    }
+}
+
+#[test]
+fn trusted_proxies_accept_addresses_and_networks() {
+    let config = parse("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n");
+    assert_eq!(config.server.trusted_proxies.len(), 2);
+    assert!(
+        config.server.trusted_proxies[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap())
+    );
+    assert!(config.server.trusted_proxies[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+}
+
+#[test]
+fn invalid_trusted_proxy_is_rejected() {
+    assert_rejected_naming(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        "server.trusted_proxies",
+    );
+    assert_rejected_naming(
+        "[server]\ntrusted_proxies = [\"proxy.internal\"]\n",
+        "server.trusted_proxies",
+    );
+}
+
+#[test]
+fn redirect_needs_public_host() {
+    assert_rejected_naming(
+        "[redirect]\nlisten = \"0.0.0.0:8080\"\n",
+        "redirect.public_host",
+    );
+    assert_rejected_naming(
+        "[redirect]\nlisten = \"0.0.0.0:8080\"\npublic_host = \"https://voice.example.com\"\n",
+        "redirect.public_host",
+    );
+    assert_rejected_naming(
+        "[redirect]\npublic_host = \"voice.example.com\"\n",
+        "redirect.listen",
+    );
+}
+
+#[test]
+fn redirect_port_defaults_to_https_port() {
+    let config = parse(
+        "[server]\nlisten = \"0.0.0.0:9443\"\n[redirect]\nlisten = \"0.0.0.0:8080\"\npublic_host = \"Voice.Example.com\"\n",
+    );
+    let redirect = config.redirect.unwrap();
+    assert_eq!(redirect.public_port, 9443);
+    assert_eq!(redirect.public_host, "voice.example.com");
+}
+
+#[test]
+fn websocket_lifetime_zero_means_no_limit() {
+    assert_eq!(
+        parse("[websocket]\nmax_lifetime_secs = 0\n")
+            .websocket
+            .max_lifetime,
+        None
+    );
+    assert_eq!(
+        parse("[websocket]\nmax_lifetime_secs = 3600\n")
+            .websocket
+            .max_lifetime,
+        Some(Duration::from_secs(3600))
+    );
+}
