@@ -146,6 +146,9 @@ impl Gateway {
 
     /// Adds HSTS to every response, and the CORS headers to responses for
     /// an allowed origin.
+    ///
+    /// NOTE: the 400 and 431 responses that hyper writes itself for requests
+    /// it cannot parse never reach the handler, so they carry neither.
     fn add_response_headers(&self, response: &mut Response<ResponseBody>, origin: &OriginCheck) {
         response
             .headers_mut()

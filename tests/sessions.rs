@@ -63,8 +63,8 @@ fn unsigned_token(claims: &Value) -> String {
     format!("{header}.{payload}.")
 }
 
-/// The `Origin` header a browser on the allowed app origin sends along with
-/// its cookie; cookie-authenticated requests need it.
+/// Returns the `Origin` header that a browser on the allowed app origin
+/// sends with its cookie, which cookie-authenticated requests need.
 fn app_origin() -> (&'static str, String) {
     ("origin", APP_ORIGIN.to_owned())
 }

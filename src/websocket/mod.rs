@@ -109,7 +109,10 @@ pub async fn forward(
         .map_err(GatewayError::UpstreamHandshake)?;
     let upstream_upgrade = hyper::upgrade::on(response);
     let limits = CloseLimits {
-        session_expires_at: authorized.session.expires_at + gateway.config.session.leeway.as_secs(),
+        session_expires_at: authorized
+            .session
+            .expires_at
+            .saturating_add(gateway.config.session.leeway.as_secs()),
         max_lifetime: gateway.config.websocket.max_lifetime,
     };
     spawn_relay(
@@ -146,13 +149,8 @@ impl CloseLimits {
     async fn reached(self, mut shutdown: Shutdown) -> CloseFrame {
         let opened = Instant::now();
         let until_expiry = self.session_expires_at.saturating_sub(unix_now());
-        let expiry = tokio::time::sleep_until(opened + Duration::from_secs(until_expiry));
-        let lifetime = async {
-            match self.max_lifetime {
-                Some(limit) => tokio::time::sleep_until(opened + limit).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expiry = sleep_for(opened, Some(Duration::from_secs(until_expiry)));
+        let lifetime = sleep_for(opened, self.max_lifetime);
         let (code, reason) = tokio::select! {
             () = shutdown.signalled() => (CloseCode::Away, "gateway shutting down"),
             () = expiry => (CloseCode::Policy, "session expired"),
@@ -167,6 +165,16 @@ impl CloseLimits {
             code,
             reason: reason.into(),
         }
+    }
+}
+
+/// Sleeps until `limit` after `start`. Never completes without a limit or
+/// when the deadline lies beyond what `Instant` can represent, such as for
+/// an `exp` near `u64::MAX`.
+async fn sleep_for(start: Instant, limit: Option<Duration>) {
+    match limit.and_then(|limit| start.checked_add(limit)) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
