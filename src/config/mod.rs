@@ -40,6 +40,30 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time that shutdown waits for open requests and WebSockets.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default maximum number of open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default maximum size of a request head (HTTP/1.1) or header list (HTTP/2).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Smallest request head size hyper accepts as a buffer limit.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Default maximum request body of the HTTP routes: Cartesia's own limit
+/// for STT uploads, 2 GB.
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2_000_000_000;
+/// Default interval of HTTP/2 keep-alive pings to clients.
+pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time to wait for a ping acknowledgement before closing.
+pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default interval between checks of the certificate files for changes.
+pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time a WebSocket may go without a message in either direction;
+/// longer than Cartesia's own five minutes so Cartesia closes first.
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(360);
+/// Default number of retries of a mint that failed transiently.
+pub const DEFAULT_MINT_RETRIES: u32 = 2;
+/// Default delay before the first mint retry; later retries double it.
+pub const DEFAULT_MINT_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Default maximum mint attempts per second while minting is failing.
+pub const DEFAULT_MAX_FAILING_MINTS_PER_SEC: u32 = 5;
 /// Default cookie that carries the app's session JWT.
 pub const DEFAULT_COOKIE_NAME: &str = "session";
 /// Default claim that holds the user id.
@@ -130,6 +154,15 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open client connections beyond this wait in the listen backlog.
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_request_body_bytes: u64,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    /// How often the certificate files are checked for changes; `None`
+    /// reloads only on SIGHUP.
+    pub cert_reload_interval: Option<Duration>,
 }
 
 /// `Strict-Transport-Security` settings (RFC 6797).
@@ -176,6 +209,9 @@ pub struct RedirectConfig {
 pub struct WebSocketConfig {
     /// Longest time a WebSocket stays open; `None` for no limit.
     pub max_lifetime: Option<Duration>,
+    /// Time without a message in either direction after which the gateway
+    /// closes a WebSocket.
+    pub idle_timeout: Duration,
 }
 
 /// Where the key that verifies session JWTs comes from.
@@ -220,6 +256,12 @@ pub struct TokenConfig {
     pub lifetime: Duration,
     pub refresh_margin: Duration,
     pub cache_capacity: u64,
+    /// Retries of a mint that failed with a 5xx, a timeout or a connection error.
+    pub mint_retries: u32,
+    /// Delay before the first retry; each later one doubles it, with jitter.
+    pub mint_retry_delay: Duration,
+    /// Mint attempts allowed per second while minting is failing.
+    pub max_failing_mints_per_sec: u32,
 }
 
 #[derive(Clone, Debug)]

@@ -61,6 +61,7 @@ struct RawRedirect {
 #[serde(deny_unknown_fields)]
 struct RawWebSocket {
     max_lifetime_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +74,12 @@ struct RawServer {
     header_read_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_request_body_bytes: Option<u64>,
+    http2_keep_alive_interval_secs: Option<u64>,
+    http2_keep_alive_timeout_secs: Option<u64>,
+    cert_reload_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +117,9 @@ struct RawTokens {
     lifetime_secs: Option<u64>,
     refresh_margin_secs: Option<u64>,
     cache_capacity: Option<u64>,
+    mint_retries: Option<u32>,
+    mint_retry_delay_ms: Option<u64>,
+    max_failing_mints_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +184,48 @@ impl RawServer {
                 .iter()
                 .map(|text| parse_network(text))
                 .collect::<Result<_, _>>()?,
+            max_connections: match self.max_connections {
+                None => DEFAULT_MAX_CONNECTIONS,
+                Some(0) => {
+                    return Err(ConfigError::invalid("server.max_connections", "must be at least 1"));
+                }
+                Some(limit) => limit,
+            },
+            max_header_bytes: match self.max_header_bytes {
+                None => DEFAULT_MAX_HEADER_BYTES,
+                Some(bytes) if bytes < MIN_MAX_HEADER_BYTES => {
+                    return Err(ConfigError::invalid(
+                        "server.max_header_bytes",
+                        format!("must be at least {MIN_MAX_HEADER_BYTES}"),
+                    ));
+                }
+                Some(bytes) => bytes,
+            },
+            max_request_body_bytes: match self.max_request_body_bytes {
+                None => DEFAULT_MAX_REQUEST_BODY_BYTES,
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "server.max_request_body_bytes",
+                        "must be at least 1",
+                    ));
+                }
+                Some(bytes) => bytes,
+            },
+            http2_keep_alive_interval: positive_secs(
+                "server.http2_keep_alive_interval_secs",
+                self.http2_keep_alive_interval_secs,
+                DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+            )?,
+            http2_keep_alive_timeout: positive_secs(
+                "server.http2_keep_alive_timeout_secs",
+                self.http2_keep_alive_timeout_secs,
+                DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+            )?,
+            cert_reload_interval: match self.cert_reload_interval_secs {
+                None => Some(DEFAULT_CERT_RELOAD_INTERVAL),
+                Some(0) => None,
+                Some(secs) => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }
@@ -288,6 +340,10 @@ impl RawWebSocket {
                 .max_lifetime_secs
                 .filter(|secs| *secs > 0)
                 .map(Duration::from_secs),
+            idle_timeout: self
+                .idle_timeout_secs
+                .filter(|secs| *secs > 0)
+                .map_or(DEFAULT_WEBSOCKET_IDLE_TIMEOUT, Duration::from_secs),
         }
     }
 }
@@ -517,10 +573,24 @@ impl RawTokens {
                 "must be at least 1",
             ));
         }
+        let max_failing_mints_per_sec = self
+            .max_failing_mints_per_sec
+            .unwrap_or(DEFAULT_MAX_FAILING_MINTS_PER_SEC);
+        if max_failing_mints_per_sec == 0 {
+            return Err(ConfigError::invalid(
+                "tokens.max_failing_mints_per_sec",
+                "must be at least 1, or no mint could ever succeed again",
+            ));
+        }
         Ok(TokenConfig {
             lifetime,
             refresh_margin,
             cache_capacity,
+            mint_retries: self.mint_retries.unwrap_or(DEFAULT_MINT_RETRIES),
+            mint_retry_delay: self
+                .mint_retry_delay_ms
+                .map_or(DEFAULT_MINT_RETRY_DELAY, Duration::from_millis),
+            max_failing_mints_per_sec,
         })
     }
 }
