@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -28,22 +28,33 @@ pub fn empty() -> ResponseBody {
     Either::Left(Full::new(Bytes::new()))
 }
 
-/// Wraps a body and fires a signal once it has yielded its last frame, or
-/// when it is dropped before that.
+/// Boxed error of a request body sent upstream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body larger than `server.max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds the configured maximum size")]
+pub struct BodyTooLarge;
+
+/// Wraps a client request body: fails it with [`BodyTooLarge`] once it
+/// passes `max_bytes`, and fires a signal once it has yielded its last
+/// frame, or when it is dropped before that.
 ///
 /// The proxy starts its response-head timeout from this signal, so a long
 /// upload that is still moving is never cut by that timeout.
 pub struct EndSignal<B> {
     inner: B,
     done: Option<oneshot::Sender<()>>,
+    remaining: u64,
 }
 
 impl<B> EndSignal<B> {
-    pub fn new(inner: B) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(inner: B, max_bytes: u64) -> (Self, oneshot::Receiver<()>) {
         let (sender, receiver) = oneshot::channel();
         let body = EndSignal {
             inner,
             done: Some(sender),
+            remaining: max_bytes,
         };
         (body, receiver)
     }
@@ -58,19 +69,36 @@ impl<B> EndSignal<B> {
 impl<B> Body for EndSignal<B>
 where
     B: Body + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.fire();
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(polled) => polled,
+        };
+        match polled {
+            None => {
+                self.fire();
+                Poll::Ready(None)
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |data| data.remaining() as u64);
+                match self.remaining.checked_sub(len) {
+                    Some(remaining) => {
+                        self.remaining = remaining;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => Poll::Ready(Some(Err(Box::new(BodyTooLarge)))),
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_VERSION};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_VERSION,
+};
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
@@ -38,6 +40,8 @@ pub enum GatewayError {
     Session(#[from] SessionError),
     #[error("session lacks the {} grant", grant.as_str())]
     GrantMissing { grant: Grant },
+    #[error("the request body exceeds server.max_request_body_bytes")]
+    BodyTooLarge,
     #[error("the request's Origin is not an allowed origin")]
     OriginNotAllowed,
     #[error("a cookie-authenticated request came without an allowed Origin")]
@@ -65,6 +69,7 @@ impl GatewayError {
             | GatewayError::GrantMissing { .. }
             | GatewayError::OriginNotAllowed
             | GatewayError::OriginRequired
+            | GatewayError::BodyTooLarge
             | GatewayError::Handshake(_) => Side::Client,
             GatewayError::Mint(_)
             | GatewayError::UpstreamConnect(_)
@@ -94,6 +99,11 @@ impl GatewayError {
                 StatusCode::FORBIDDEN,
                 "grant_missing",
                 "The session does not grant access to this route.",
+            ),
+            GatewayError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "The request body is larger than the gateway accepts.",
             ),
             GatewayError::OriginNotAllowed => (
                 StatusCode::FORBIDDEN,
@@ -143,6 +153,13 @@ impl GatewayError {
                     HeaderValue::from_static("POST")
                 };
                 response.headers_mut().insert(ALLOW, allow);
+            }
+            GatewayError::BodyTooLarge => {
+                // The rest of the body is not read, so the connection cannot
+                // carry another request. hyper drops this header on HTTP/2.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             GatewayError::Handshake(HandshakeError::UnsupportedVersion) => {
                 // RFC 6455 section 4.4: name the version the server speaks.

@@ -60,6 +60,9 @@ pub struct Authorized {
 pub struct Connection {
     pub peer: SocketAddr,
     pub shutdown: Shutdown,
+    /// The connection's place under `server.max_connections`, held until
+    /// the connection and any WebSocket relayed over it have ended.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Gateway {

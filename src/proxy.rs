@@ -17,7 +17,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use crate::body::{EndSignal, ResponseBody, UpstreamBody};
+use crate::body::{BodyTooLarge, EndSignal, ResponseBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Authorized, Gateway};
 use crate::query;
@@ -43,7 +43,16 @@ pub async fn forward(
         &upstream.cartesia_version,
         has_version,
     );
-    let (body, body_done) = EndSignal::new(body);
+    let max_body = gateway.config.server.max_request_body_bytes;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let (body, body_done) = EndSignal::new(body, max_body);
     let request = Request::from_parts(parts, Either::Right(body));
 
     let response = send(
@@ -83,11 +92,25 @@ pub async fn send(
 
 /// Maps a client error to 504 when a timeout caused it and 502 otherwise.
 pub fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
-    if is_timeout(&error) {
+    if caused_by::<BodyTooLarge>(&error) {
+        GatewayError::BodyTooLarge
+    } else if is_timeout(&error) {
         GatewayError::UpstreamTimeout
     } else {
         GatewayError::UpstreamConnect(error)
     }
+}
+
+/// Whether an error of type `E` is in the source chain of `error`.
+fn caused_by<E: std::error::Error + 'static>(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if cause.is::<E>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether an I/O timeout, such as the connect timeout, caused `error`.

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +14,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::gateway::{Connection, Gateway};
-use crate::shutdown::{Shutdown, ShutdownController};
+use crate::shutdown::ShutdownController;
 
 /// First byte of a TLS handshake record (RFC 8446 section 5.1).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -48,9 +48,19 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let controller = ShutdownController::new();
     let acceptor = TlsAcceptor::from(gateway.server_tls());
+    let connection_slots = Arc::new(Semaphore::new(gateway.config().server.max_connections));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     tokio::pin!(shutdown);
     loop {
+        // At the connection limit, new connections wait in the kernel's
+        // listen backlog; open ones are not affected.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connection_slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else {
+            break;
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -67,7 +77,12 @@ pub async fn serve(
             break;
         };
         let span = tracing::debug_span!("conn", client.addr = %peer);
-        let task = serve_connection(stream, peer, acceptor.clone(), Arc::clone(&gateway), handle);
+        let connection = Connection {
+            peer,
+            shutdown: handle,
+            slot: Arc::new(slot),
+        };
+        let task = serve_connection(stream, connection, acceptor.clone(), Arc::clone(&gateway));
         tokio::spawn(task.instrument(span));
     }
     drop(listener);
@@ -87,11 +102,11 @@ pub async fn serve(
 
 async fn serve_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    connection: Connection,
     acceptor: TlsAcceptor,
     gateway: Arc<Gateway>,
-    mut shutdown: Shutdown,
 ) {
+    let mut shutdown = connection.shutdown.clone();
     let _ = stream.set_nodelay(true);
     let handshake_timeout = gateway.config().server.tls_handshake_timeout;
     let tls = match tokio::time::timeout(handshake_timeout, accept_tls(stream, &acceptor)).await {
@@ -103,10 +118,6 @@ async fn serve_connection(
         }
     };
 
-    let connection = Connection {
-        peer,
-        shutdown: shutdown.clone(),
-    };
     let handler_gateway = Arc::clone(&gateway);
     let service = service_fn(move |request| {
         let gateway = Arc::clone(&handler_gateway);
@@ -114,12 +125,19 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
     });
 
+    let settings = &gateway.config().server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(gateway.config().server.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(settings.http2_keep_alive_interval)
+        .keep_alive_timeout(settings.http2_keep_alive_timeout);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
     let result = tokio::select! {

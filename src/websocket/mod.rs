@@ -210,6 +210,8 @@ fn spawn_relay(
         let upstream =
             WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
         tracing::debug!("WebSocket opened");
+        // The slot keeps the WebSocket counted under server.max_connections.
+        let _slot = connection.slot;
         let stop = limits.reached(connection.shutdown);
         let summary = relay(client, upstream, stop).await;
         tracing::debug!(
