@@ -6,6 +6,8 @@
 //! boxing.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -46,17 +48,32 @@ pub struct EndSignal<B> {
     inner: B,
     done: Option<oneshot::Sender<()>>,
     remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+/// Set once a request body passed its size limit. The HTTP/2 client only
+/// resets the stream on a body error and reports a generic failure, so the
+/// proxy reads this flag to answer 413 rather than 502.
+#[derive(Clone, Default)]
+pub struct LimitExceeded(Arc<AtomicBool>);
+
+impl LimitExceeded {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl<B> EndSignal<B> {
-    pub fn new(inner: B, max_bytes: u64) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(inner: B, max_bytes: u64) -> (Self, oneshot::Receiver<()>, LimitExceeded) {
         let (sender, receiver) = oneshot::channel();
+        let exceeded = LimitExceeded::default();
         let body = EndSignal {
             inner,
             done: Some(sender),
             remaining: max_bytes,
+            exceeded: Arc::clone(&exceeded.0),
         };
-        (body, receiver)
+        (body, receiver, exceeded)
     }
 
     fn fire(&mut self) {
@@ -95,7 +112,10 @@ where
                         self.remaining = remaining;
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    None => Poll::Ready(Some(Err(Box::new(BodyTooLarge)))),
+                    None => {
+                        self.exceeded.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(Box::new(BodyTooLarge))))
+                    }
                 }
             }
         }
@@ -124,24 +144,33 @@ impl<B> Drop for EndSignal<B> {
 /// it sends `RST_STREAM`. Returning `Pending` once, with a wake-up, lets the
 /// connection write that data before the error ends the stream.
 ///
+/// The error is logged once, at warn, in the span that was current when the
+/// wrapper was made (the request's span).
+///
 /// NOTE: data that still cannot be written after that one poll (a client
 /// that reads slowly) is lost as before.
 pub struct FlushBeforeError<B: Body> {
     inner: B,
     held: Option<B::Error>,
+    /// The request's span until the error has been logged, then `None`.
+    span: Option<tracing::Span>,
 }
 
 impl<B: Body> FlushBeforeError<B> {
     /// Wraps `inner`.
     pub fn new(inner: B) -> Self {
-        FlushBeforeError { inner, held: None }
+        FlushBeforeError {
+            inner,
+            held: None,
+            span: Some(tracing::Span::current()),
+        }
     }
 }
 
 impl<B> Body for FlushBeforeError<B>
 where
     B: Body + Unpin,
-    B::Error: Unpin,
+    B::Error: Unpin + std::fmt::Display,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -156,6 +185,14 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(error))) => {
+                if let Some(span) = this.span.take() {
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            %error,
+                            "the upstream response failed mid-stream; the client's response is cut short"
+                        );
+                    });
+                }
                 this.held = Some(error);
                 cx.waker().wake_by_ref();
                 Poll::Pending

@@ -52,9 +52,9 @@ pub fn normalize_origin(text: &str) -> Result<String, InvalidOrigin> {
         "an origin looks like https://app.example.com",
     ))?;
     let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => "443",
-        "http" => "80",
+    let default_port: u16 = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
         _ => return Err(InvalidOrigin("the scheme must be https or http")),
     };
     if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*', ' ']) {
@@ -73,14 +73,22 @@ pub fn normalize_origin(text: &str) -> Result<String, InvalidOrigin> {
         ));
     }
     let host = host.to_ascii_lowercase();
-    match port {
-        None => Ok(format!("{scheme}://{host}")),
-        Some(port) if port == default_port => Ok(format!("{scheme}://{host}")),
-        Some(port) => {
-            port.parse::<u16>()
-                .map_err(|_| InvalidOrigin("the port is not a number from 1 to 65535"))?;
-            Ok(format!("{scheme}://{host}:{port}"))
-        }
+    match port.map(parse_port).transpose()? {
+        Some(port) if port != default_port => Ok(format!("{scheme}://{host}:{port}")),
+        _ => Ok(format!("{scheme}://{host}")),
+    }
+}
+
+/// Parses a port of decimal digits, so `08443` is port 8443 as in a URL
+/// parser, while a sign or an empty port is rejected.
+fn parse_port(text: &str) -> Result<u16, InvalidOrigin> {
+    let invalid = InvalidOrigin("the port is not a number from 1 to 65535");
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(invalid);
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(invalid),
+        Ok(port) => Ok(port),
     }
 }
 
@@ -283,6 +291,25 @@ mod tests {
     }
 
     #[test]
+    fn ports_are_serialized_as_numbers() {
+        let cases = [
+            ("http://0:080", "http://0"),
+            ("https://app.example.com:0443", "https://app.example.com"),
+            ("http://localhost:03000", "http://localhost:3000"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize_origin(input).as_deref(), Ok(expected), "{input}");
+        }
+        for input in [
+            "https://app.example.com:+443",
+            "https://app.example.com:0",
+            "https://app.example.com:",
+        ] {
+            assert!(normalize_origin(input).is_err(), "{input} must be rejected");
+        }
+    }
+
+    #[test]
     fn invalid_origins_are_rejected() {
         let cases = [
             "*",
@@ -380,5 +407,131 @@ mod tests {
         assert!(!is_preflight(&Method::POST, &both));
         let origin_only = headers(&[("origin", "https://app.example.com")]);
         assert!(!is_preflight(&Method::OPTIONS, &origin_only));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mixed_case(text: String) -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<bool>(), text.len()).prop_map(move |upper| {
+            text.chars()
+                .zip(upper)
+                .map(|(c, upper)| if upper { c.to_ascii_uppercase() } else { c })
+                .collect()
+        })
+    }
+
+    /// Generates lower-case hosts: DNS names, IPv4 addresses and bracketed
+    /// IPv6 addresses.
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?(\\.[a-z0-9]{1,6}){0,3}",
+            any::<std::net::Ipv4Addr>().prop_map(|address| address.to_string()),
+            any::<std::net::Ipv6Addr>().prop_map(|address| format!("[{address}]")),
+        ]
+    }
+
+    /// Generates an origin as a person may write it, with its serialized
+    /// form. The origin has any case, and its port is left out, written as
+    /// the default, written with leading zeros, or another port.
+    fn origin() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(vec![("http", 80u16), ("https", 443)]),
+            host(),
+            prop_oneof![Just(None), Just(Some(0u16)), (1u16..).prop_map(Some)],
+            0usize..3,
+        )
+            .prop_flat_map(|((scheme, default_port), host, port, zeros)| {
+                let serialized = match port {
+                    Some(port) if port != 0 && port != default_port => {
+                        format!("{scheme}://{host}:{port}")
+                    }
+                    _ => format!("{scheme}://{host}"),
+                };
+                let written_port = match port {
+                    None => String::new(),
+                    Some(0) => format!(":{}{default_port}", "0".repeat(zeros)),
+                    Some(port) => format!(":{}{port}", "0".repeat(zeros)),
+                };
+                (
+                    mixed_case(format!("{scheme}://{host}{written_port}")),
+                    Just(serialized),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn normalize_is_idempotent(
+            text in prop_oneof![
+                origin().prop_map(|(written, _)| written),
+                "(https?://|HTTP://)?[a-zA-Z0-9.:\\[\\]+-]{0,16}",
+                any::<String>(),
+            ],
+        ) {
+            if let Ok(normalized) = normalize_origin(&text) {
+                prop_assert_eq!(normalize_origin(&normalized), Ok(normalized.clone()));
+                prop_assert_eq!(normalized.to_ascii_lowercase(), normalized.as_str());
+                prop_assert!(!normalized.ends_with(":443") || !normalized.starts_with("https:"));
+                prop_assert!(!normalized.ends_with(":80") || !normalized.starts_with("http:"));
+            }
+        }
+
+        #[test]
+        fn normalize_serializes_written_origins((written, serialized) in origin()) {
+            prop_assert_eq!(normalize_origin(&written), Ok(serialized));
+        }
+
+        #[test]
+        fn check_allows_listed_origins_in_any_form(
+            (written, serialized) in origin(),
+            (other, other_serialized) in origin(),
+        ) {
+            let policy = CorsPolicy::new(vec![serialized], 600);
+            let value = HeaderValue::from_str(&written).unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(ORIGIN, value.clone());
+            prop_assert_eq!(policy.check(&headers), OriginCheck::Allowed(value.clone()));
+
+            headers.append(ORIGIN, value);
+            prop_assert_eq!(policy.check(&headers), OriginCheck::Denied);
+
+            let mut other_headers = HeaderMap::new();
+            other_headers.insert(ORIGIN, HeaderValue::from_str(&other).unwrap());
+            let expected = if policy.allowed_origins.contains(&other_serialized) {
+                OriginCheck::Allowed(HeaderValue::from_str(&other).unwrap())
+            } else {
+                OriginCheck::Denied
+            };
+            prop_assert_eq!(policy.check(&other_headers), expected);
+        }
+
+        #[test]
+        fn check_allows_only_listed_origins(
+            (_, serialized) in origin(),
+            value in prop::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..40),
+        ) {
+            let policy = CorsPolicy::new(vec![serialized.clone()], 600);
+            let mut headers = HeaderMap::new();
+            prop_assert_eq!(policy.check(&headers), OriginCheck::Absent);
+            let value = HeaderValue::from_bytes(&value).unwrap();
+            headers.insert(ORIGIN, value.clone());
+            let listed = value
+                .to_str()
+                .ok()
+                .and_then(|text| normalize_origin(text).ok())
+                .is_some_and(|normalized| normalized == serialized);
+            let expected = if listed {
+                OriginCheck::Allowed(value)
+            } else {
+                OriginCheck::Denied
+            };
+            prop_assert_eq!(policy.check(&headers), expected);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Gateway errors and the one place that turns them into HTTP responses.
 //!
 //! Every error records which side caused it, and the side fixes its status class:
-//! client mistakes are 4xx, upstream failures 502 or 504, and the gateway's
+//! client mistakes are 4xx, upstream failures 502, 503 or 504, and the gateway's
 //! own faults 500. Response bodies are `{"error": CODE, "message": TEXT}`
 //! with a stable code and a fixed message; no token, header value or
 //! validation detail is ever echoed.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{
-    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_VERSION,
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, SEC_WEBSOCKET_VERSION,
 };
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::body::{self, ResponseBody};
 use crate::routes::Grant;
 use crate::session::SessionError;
-use crate::tokens::MintError;
+use crate::tokens::{MINT_RETRY_AFTER_SECS, MintError};
 use crate::websocket::HandshakeError;
 
 /// The party that caused an error.
@@ -116,16 +116,7 @@ impl GatewayError {
                 "Cookie-authenticated requests must come from an allowed origin.",
             ),
             GatewayError::Handshake(error) => (error.status(), error.code(), error.message()),
-            GatewayError::Mint(error) => match error.as_ref() {
-                MintError::Timeout => UPSTREAM_TIMEOUT,
-                MintError::Transport(error) if crate::proxy::is_timeout(error) => UPSTREAM_TIMEOUT,
-                MintError::Transport(_) => UPSTREAM_UNAVAILABLE,
-                MintError::Status(_) | MintError::Body | MintError::InvalidResponse => (
-                    StatusCode::BAD_GATEWAY,
-                    "token_mint_failed",
-                    "The gateway could not obtain a Cartesia access token.",
-                ),
-            },
+            GatewayError::Mint(error) => mint_parts(error),
             GatewayError::UpstreamConnect(_) => UPSTREAM_UNAVAILABLE,
             GatewayError::UpstreamTimeout => UPSTREAM_TIMEOUT,
             GatewayError::UpstreamHandshake(_) => (
@@ -161,6 +152,11 @@ impl GatewayError {
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            GatewayError::Mint(error) if error.is_transient() => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(MINT_RETRY_AFTER_SECS));
+            }
             GatewayError::Handshake(HandshakeError::UnsupportedVersion) => {
                 // RFC 6455 section 4.4: name the version the server speaks.
                 response
@@ -172,6 +168,35 @@ impl GatewayError {
         response
     }
 }
+
+/// Transient mint failures (see [`MintError::is_transient`]) are 503 with
+/// `Retry-After`. A 4xx from Cartesia and an unusable response are 502.
+fn mint_parts(error: &MintError) -> (StatusCode, &'static str, &'static str) {
+    match error {
+        MintError::Rejected(_) => (
+            StatusCode::BAD_GATEWAY,
+            "token_mint_rejected",
+            "Cartesia rejected the gateway's token request.",
+        ),
+        MintError::Status(status) if !status.is_server_error() => MINT_FAILED,
+        MintError::InvalidResponse => MINT_FAILED,
+        MintError::Status(_)
+        | MintError::Transport(_)
+        | MintError::Body
+        | MintError::Timeout
+        | MintError::Throttled => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_mint_unavailable",
+            "Cartesia cannot issue access tokens right now; retry after the Retry-After delay.",
+        ),
+    }
+}
+
+const MINT_FAILED: (StatusCode, &str, &str) = (
+    StatusCode::BAD_GATEWAY,
+    "token_mint_failed",
+    "The gateway could not obtain a Cartesia access token.",
+);
 
 const UPSTREAM_UNAVAILABLE: (StatusCode, &str, &str) = (
     StatusCode::BAD_GATEWAY,
@@ -230,6 +255,53 @@ mod tests {
                 Side::Upstream => assert!(status.is_server_error(), "{error}"),
                 Side::Gateway => assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR),
             }
+        }
+    }
+
+    #[test]
+    fn mint_errors_map_by_permanence() {
+        let cases = [
+            (
+                MintError::Rejected(StatusCode::UNAUTHORIZED),
+                502,
+                "token_mint_rejected",
+            ),
+            (
+                MintError::Rejected(StatusCode::BAD_REQUEST),
+                502,
+                "token_mint_rejected",
+            ),
+            (MintError::InvalidResponse, 502, "token_mint_failed"),
+            (
+                MintError::Status(StatusCode::FOUND),
+                502,
+                "token_mint_failed",
+            ),
+            (
+                MintError::Status(StatusCode::BAD_GATEWAY),
+                503,
+                "token_mint_unavailable",
+            ),
+            (MintError::Timeout, 503, "token_mint_unavailable"),
+            (MintError::Body, 503, "token_mint_unavailable"),
+            (MintError::Throttled, 503, "token_mint_unavailable"),
+        ];
+        for (mint_error, status, code) in cases {
+            let transient = mint_error.is_transient();
+            let error = GatewayError::Mint(Arc::new(mint_error));
+            let response = error.to_response();
+            assert_eq!(response.status().as_u16(), status, "{error}");
+            assert_eq!(error.parts().1, code, "{error}");
+            assert_eq!(
+                response.headers().get(RETRY_AFTER).is_some(),
+                transient,
+                "{error}: Retry-After exactly on transient failures"
+            );
+            assert_eq!(
+                status == 503,
+                transient,
+                "{error}: 503 exactly when transient"
+            );
         }
     }
 

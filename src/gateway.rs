@@ -20,10 +20,10 @@ use crate::routes::{Route, RouteKind};
 use crate::secret::Secret;
 use crate::session::{self, CredentialSource, Session, SessionVerifier};
 use crate::shutdown::Shutdown;
-use crate::tls::{self, ServerTls, TlsError};
-use crate::tokens::{MintedToken, TokenCache, TokenSource};
+use crate::tls::{self, CertificateResolver, ServerTls, TlsError};
+use crate::tokens::{MintError, MintedToken, TokenCache, TokenSource};
 use crate::upstream::Upstream;
-use crate::{forwarded, proxy, websocket};
+use crate::{cert_reload, forwarded, proxy, websocket};
 
 /// A reason the gateway cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,9 @@ pub struct Gateway {
     pub(crate) tokens: TokenCache,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) tls: ServerTls,
+    /// The certificate that `tls` presents, replaced by
+    /// [`Gateway::reload_certificate`].
+    certificate: Arc<CertificateResolver>,
     pub(crate) cors: CorsPolicy,
     /// `Strict-Transport-Security`, sent on every HTTPS response.
     hsts: HeaderValue,
@@ -72,7 +75,8 @@ impl Gateway {
         config: Config,
         read_env: impl Fn(&str) -> Option<String>,
     ) -> Result<Gateway, StartupError> {
-        let tls = tls::server_config(&config.server.cert_file, &config.server.key_file)?;
+        let certificate = cert_reload::load(&config.server)?;
+        let tls = tls::server_config_with(Arc::clone(&certificate));
         let client_tls = tls::client_config(config.upstream.ca_file.as_deref())?;
         let api_key = load_api_key(&config, &read_env)?;
         let session_key: DecodingKey = session::load_decoding_key(&config.session, &read_env)?;
@@ -88,6 +92,7 @@ impl Gateway {
             tokens: TokenCache::new(&config.tokens, Arc::clone(&upstream), &api_key),
             upstream,
             tls,
+            certificate,
             config,
         })
     }
@@ -98,6 +103,14 @@ impl Gateway {
 
     pub fn server_tls(&self) -> ServerTls {
         Arc::clone(&self.tls)
+    }
+
+    /// Loads `server.cert_file` and `server.key_file` again and, if the key
+    /// belongs to the certificate, gives the new certificate to new TLS
+    /// handshakes. Returns whether the certificate changed. On an error the
+    /// current certificate stays. Reads files, so it blocks.
+    pub fn reload_certificate(&self) -> Result<bool, TlsError> {
+        cert_reload::install(&self.certificate, &self.config.server)
     }
 
     /// Handles one client request; errors become JSON responses here.
@@ -188,6 +201,10 @@ impl Gateway {
         }
         match route.kind() {
             RouteKind::Http => {
+                proxy::check_declared_length(
+                    request.headers(),
+                    self.config.server.max_request_body_bytes,
+                )?;
                 let authorized = self
                     .authorize(route, request.headers(), request.uri().query(), origin)
                     .await?;
@@ -276,6 +293,11 @@ fn log_error(error: &GatewayError) {
         }
         (GatewayError::OriginRequired, _) => {
             tracing::info!(reason = "origin_required", "request denied");
+        }
+        (GatewayError::Mint(mint), _) if matches!(**mint, MintError::Throttled) => {
+            // Every request during an outage ends here; the failing mint
+            // attempts themselves are logged at warn.
+            tracing::debug!(error = %error, "mint throttled while Cartesia is failing");
         }
         (_, Side::Client) => tracing::debug!(error = %error, "client error"),
         (_, Side::Upstream) => tracing::warn!(error = %error, "upstream error"),

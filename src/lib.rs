@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`config`] parses and validates the TOML config and its environment overrides.
 //! - [`tls`] builds the rustls server and client configs.
+//! - [`cert_reload`] replaces the server certificate when its files change or on SIGHUP.
 //! - [`server`] accepts TLS connections and serves HTTP/1.1 and HTTP/2 until shutdown.
 //! - [`gateway`] contains the shared state and runs each request through the checks.
 //! - [`redirect`] serves the optional plain-HTTP listener that only redirects to HTTPS.
@@ -28,6 +29,7 @@
 //!   tests and the demo; the gateway itself never uses it.
 
 pub mod body;
+pub mod cert_reload;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cartesia_gateway::config::ConfigError;
-use cartesia_gateway::{Config, Gateway, telemetry};
+use cartesia_gateway::{Config, Gateway, cert_reload, telemetry};
 
 const USAGE: &str = "\
 Usage: cartesia-gateway [--config PATH]
@@ -74,6 +74,8 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         };
         let gateway = Gateway::new(config, |name| std::env::var(name).ok())
             .map_err(|error| error.to_string())?;
+        let gateway = Arc::new(gateway);
+        reload_certificate_on_hangup(&gateway);
 
         let (stop_redirects, redirects_stopped) = tokio::sync::oneshot::channel::<()>();
         let redirect_task = redirect.map(|(listener, redirect)| {
@@ -85,7 +87,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
                 },
             ))
         });
-        let served = cartesia_gateway::serve(listener, Arc::new(gateway), shutdown_signal()).await;
+        let served = cartesia_gateway::serve(listener, gateway, shutdown_signal()).await;
         let _ = stop_redirects.send(());
         if let Some(task) = redirect_task {
             let _ = task.await;
@@ -113,6 +115,34 @@ fn run_demo(_config_path: PathBuf) -> Result<(), String> {
     Err("this build has no demo; build with the default `stand-in` feature".to_owned())
 }
 
+/// Reloads the server certificate on every SIGHUP. A failed reload is
+/// logged and the current certificate stays. Registering the handler also
+/// stops SIGHUP from ending the process.
+#[cfg(unix)]
+fn reload_certificate_on_hangup(gateway: &Arc<Gateway>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP, so certificates reload only through the file check");
+            return;
+        }
+    };
+    let gateway = Arc::clone(gateway);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let gateway = Arc::clone(&gateway);
+            let reload = move || cert_reload::reload(&gateway, cert_reload::Trigger::Signal);
+            if let Err(error) = tokio::task::spawn_blocking(reload).await {
+                tracing::warn!(%error, "certificate reload task failed");
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn reload_certificate_on_hangup(_gateway: &Arc<Gateway>) {}
+
 /// Loads the config file, telling a user who started in another directory
 /// how to point at it.
 fn load_config(path: &Path) -> Result<Config, String> {
@@ -124,8 +154,24 @@ fn load_config(path: &Path) -> Result<Config, String> {
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// Exit code when a second signal cuts the drain short.
+const FORCED_EXIT_CODE: i32 = 1;
+
+/// Completes on the first SIGINT or SIGTERM, which starts a graceful
+/// shutdown. A second signal ends the process at once.
 async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received; a second signal exits at once");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal; exiting without draining");
+        #[allow(clippy::exit, reason = "a second signal asks for an immediate exit")]
+        std::process::exit(FORCED_EXIT_CODE);
+    });
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -128,3 +128,173 @@ mod tests {
         assert_eq!(rewritten.query.as_deref(), Some("a=1&&b=2"));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes a form-encoded component byte by byte, independently of
+    /// `decode`: `+` is a space, `%` and two hex digits is a byte, and any
+    /// other `%` stays as it is.
+    fn form_decode(raw: &str) -> String {
+        let bytes = raw.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut index = 0;
+        while index < bytes.len() {
+            let hex = bytes
+                .get(index + 1..index + 3)
+                .filter(|digits| digits.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .and_then(|digits| u8::from_str_radix(digits, 16).ok());
+            match (bytes[index], hex) {
+                (b'%', Some(byte)) => {
+                    decoded.push(byte);
+                    index += 3;
+                }
+                (b'+', _) => {
+                    decoded.push(b' ');
+                    index += 1;
+                }
+                (byte, _) => {
+                    decoded.push(byte);
+                    index += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&decoded).into_owned()
+    }
+
+    fn pair_name(pair: &str) -> &str {
+        pair.split_once('=').map_or(pair, |(name, _)| name)
+    }
+
+    fn is_credential_pair(pair: &str) -> bool {
+        let name = form_decode(pair_name(pair));
+        name == "access_token" || name == "api_key"
+    }
+
+    /// Generates `name` with each byte written as itself, `%xx` or `%XX`.
+    fn encoded(name: &'static str) -> impl Strategy<Value = String> {
+        prop::collection::vec(0u8..3, name.len()).prop_map(move |choices| {
+            name.bytes()
+                .zip(choices)
+                .map(|(byte, choice)| match choice {
+                    0 => char::from(byte).to_string(),
+                    1 => format!("%{byte:02x}"),
+                    _ => format!("%{byte:02X}"),
+                })
+                .collect()
+        })
+    }
+
+    /// Generates names and values from the characters that matter to the
+    /// parser.
+    fn component() -> impl Strategy<Value = String> {
+        "([a-z_=+]|%[0-9a-fA-F]{0,2}|%5[fF]|%FF|é|\\?){0,8}"
+    }
+
+    fn pair() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (component(), component()).prop_map(|(name, value)| format!("{name}={value}")),
+            component(),
+            (encoded("access_token"), component())
+                .prop_map(|(name, value)| format!("{name}={value}")),
+            encoded("api_key"),
+            (encoded("cartesia_version"), component())
+                .prop_map(|(name, value)| format!("{name}={value}")),
+        ]
+    }
+
+    fn query() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(pair(), 0..6).prop_map(|pairs| pairs.join("&")),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn decode_matches_reference(raw in component()) {
+            prop_assert_eq!(decode(&raw), form_decode(&raw));
+        }
+
+        #[test]
+        fn rewrite_keeps_other_pairs_in_order(query in query()) {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| !is_credential_pair(pair))
+                .collect();
+            let expected = kept.join("&");
+            let rewritten = rewrite(Some(&query));
+            prop_assert_eq!(
+                rewritten.query.as_deref(),
+                (!expected.is_empty()).then_some(expected.as_str())
+            );
+            let has_version = kept
+                .iter()
+                .any(|pair| form_decode(pair_name(pair)) == VERSION_PARAM);
+            prop_assert_eq!(rewritten.has_version, has_version);
+        }
+
+        #[test]
+        fn rewrite_output_has_no_credentials(query in query()) {
+            let rewritten = rewrite(Some(&query));
+            let output = rewritten.query.as_deref().unwrap_or("");
+            prop_assert!(!output.split('&').any(is_credential_pair), "{output:?}");
+        }
+
+        #[test]
+        fn rewrite_borrows_only_without_credentials(query in query()) {
+            let rewritten = rewrite(Some(&query));
+            if query.split('&').any(is_credential_pair) {
+                prop_assert!(!matches!(rewritten.query, Some(Cow::Borrowed(_))));
+            } else if query.is_empty() {
+                prop_assert_eq!(rewritten.query, None);
+            } else {
+                prop_assert!(
+                    matches!(rewritten.query, Some(Cow::Borrowed(kept)) if kept == query)
+                );
+            }
+        }
+
+        #[test]
+        fn rewrite_is_idempotent(query in query()) {
+            let once = rewrite(Some(&query));
+            let twice = rewrite(once.query.as_deref());
+            prop_assert_eq!(&twice.query, &once.query);
+            prop_assert_eq!(twice.has_version, once.has_version);
+            prop_assert!(!matches!(twice.query, Some(Cow::Owned(_))));
+        }
+
+        #[test]
+        fn values_returns_every_decoded_match(query in query(), name in component()) {
+            let name = form_decode(&name);
+            let expected: Vec<String> = query
+                .split('&')
+                .filter(|pair| form_decode(pair_name(pair)) == name)
+                .map(|pair| pair.split_once('=').map_or("", |(_, value)| value))
+                .map(form_decode)
+                .collect();
+            let found: Vec<Cow<str>> = values(&query, &name).collect();
+            prop_assert_eq!(found, expected);
+        }
+
+        #[test]
+        fn values_round_trips_encoded_token(
+            name in encoded("access_token"),
+            token in any::<String>(),
+            before in pair(),
+        ) {
+            let value = percent_encoding::utf8_percent_encode(
+                &token,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let query = format!("{before}&{name}={value}");
+            let found: Vec<Cow<str>> = values(&query, "access_token").collect();
+            prop_assert_eq!(found.last().map(Cow::as_ref), Some(token.as_str()));
+        }
+    }
+}

@@ -206,3 +206,43 @@ mod tests {
         assert_eq!(Grants::of(Grant::Tts).with(Grant::Stt).iter().count(), 2);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Generates route paths changed at one position: a byte inserted,
+    /// removed, percent-encoded or flipped in case.
+    fn near_miss() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(Route::ALL.to_vec()),
+            any::<prop::sample::Index>(),
+            0u8..4,
+            prop::sample::select(vec!['/', '.', '%', ';', '\0', 'a', 'é', '?', '#']),
+        )
+            .prop_map(|(route, position, edit, extra)| {
+                let path = route.path();
+                let at = position.index(path.len() + 1);
+                let (head, tail) = path.split_at(at);
+                match edit {
+                    0 => format!("{head}{extra}{tail}"),
+                    1 if !tail.is_empty() => format!("{head}{}", &tail[1..]),
+                    2 if !tail.is_empty() => {
+                        format!("{head}%{:02X}{}", tail.as_bytes()[0], &tail[1..])
+                    }
+                    _ => format!("{head}{}", tail.to_ascii_uppercase()),
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn only_exact_table_paths_match(path in prop_oneof![near_miss(), any::<String>()]) {
+            let expected = Route::ALL.into_iter().find(|route| route.path() == path);
+            prop_assert_eq!(Route::from_path(&path), expected);
+        }
+    }
+}

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -18,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use crate::cert_reload;
 use crate::gateway::{Connection, Gateway};
 use crate::shutdown::ShutdownController;
 
@@ -48,6 +50,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let controller = ShutdownController::new();
     let acceptor = TlsAcceptor::from(gateway.server_tls());
+    // Checks the certificate files until the accept loop ends.
+    let certificate_watcher = gateway
+        .config()
+        .server
+        .cert_reload_interval
+        .map(|interval| cert_reload::watch(Arc::clone(&gateway), interval));
     let connection_slots = Arc::new(Semaphore::new(gateway.config().server.max_connections));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
     tokio::pin!(shutdown);
@@ -86,6 +94,7 @@ pub async fn serve(
         tokio::spawn(task.instrument(span));
     }
     drop(listener);
+    drop(certificate_watcher);
 
     let timeout = gateway.config().server.shutdown_timeout;
     tracing::info!(
@@ -119,7 +128,10 @@ async fn serve_connection(
     };
 
     let handler_gateway = Arc::clone(&gateway);
+    let request_seen = Arc::new(AtomicBool::new(false));
+    let handler_request_seen = Arc::clone(&request_seen);
     let service = service_fn(move |request| {
+        handler_request_seen.store(true, Ordering::Relaxed);
         let gateway = Arc::clone(&handler_gateway);
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
@@ -142,6 +154,10 @@ async fn serve_connection(
     tokio::pin!(served);
     let result = tokio::select! {
         result = served.as_mut() => result,
+        () = no_request_within(&request_seen, settings.header_read_timeout) => {
+            tracing::debug!("header read timeout passed without a request; closing the connection");
+            return;
+        }
         () = shutdown.signalled() => {
             served.as_mut().graceful_shutdown();
             served.await
@@ -149,6 +165,20 @@ async fn serve_connection(
     };
     if let Err(error) = result {
         tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Completes once `timeout` has passed without a request reaching the
+/// handler, and never after one has.
+///
+/// hyper's `header_read_timeout` starts only once `auto::Builder` has
+/// detected the protocol from the first bytes the client sends, so a
+/// client that completes TLS and then sends nothing would hold its
+/// connection slot forever without this.
+async fn no_request_within(request_seen: &AtomicBool, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if request_seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -3,25 +3,38 @@
 //! One token is kept per user and grant set. It is minted with the gateway's
 //! API key through `POST /access-token`, asking only for the grant the route
 //! needs, and reused until `refresh_margin` before it expires. Concurrent
-//! misses for one key wait on a single mint (moka's entry API coalesces
-//! them). A failed mint is not cached, so the next request tries again.
+//! misses for one key wait on a single mint, retries included (moka's entry
+//! API coalesces them). A failed mint is not cached, so the next request
+//! tries again.
+//!
+//! A 4xx from `/access-token` fails the request at once. A 5xx, a timeout or
+//! a connection error is retried `tokens.mint_retries` times with
+//! exponential backoff and full jitter. While the last attempt has failed,
+//! attempts across all users are limited to
+//! `tokens.max_failing_mints_per_sec`; a request that finds no budget fails
+//! without contacting Cartesia.
+
+mod limits;
+mod minter;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use serde::Deserialize;
+use http::StatusCode;
+use http::header::HeaderValue;
+use moka::ops::compute::Op;
 
 use crate::config::TokenConfig;
 use crate::routes::{Grant, Grants};
-use crate::secret::{self, Secret};
-use crate::upstream::{CARTESIA_VERSION, Upstream};
+use crate::secret::Secret;
+use crate::upstream::Upstream;
 
-/// Largest `/access-token` response body read, in bytes.
-const MAX_MINT_RESPONSE: usize = 64 * 1024;
+use minter::Minter;
+
+/// `Retry-After` seconds sent when minting is unavailable. The failing-mint
+/// budget refills at least one attempt per second, because
+/// `tokens.max_failing_mints_per_sec` is at least 1.
+pub const MINT_RETRY_AFTER_SECS: u64 = 1;
 
 /// A cached Cartesia access token.
 pub struct MintedToken {
@@ -60,7 +73,11 @@ impl TokenSource {
 /// Why `POST /access-token` did not produce a token.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
-    #[error("the upstream answered {0}")]
+    /// A 4xx: the request or the API key is wrong, so retrying cannot help.
+    #[error("Cartesia rejected the token request with {0}")]
+    Rejected(StatusCode),
+    /// Any other status than 200 or a 4xx.
+    #[error("Cartesia answered the token request with {0}")]
     Status(StatusCode),
     #[error("the request failed: {0}")]
     Transport(#[source] hyper_util::client::legacy::Error),
@@ -70,12 +87,40 @@ pub enum MintError {
     Timeout,
     #[error("the response is not {{\"token\": \"...\"}} with a usable token")]
     InvalidResponse,
+    /// No attempt was made: minting is failing and the attempts allowed by
+    /// `tokens.max_failing_mints_per_sec` are used up.
+    #[error("mint attempts are limited while minting fails")]
+    Throttled,
+}
+
+impl MintError {
+    /// Returns whether a later attempt may succeed: true for a 5xx, a
+    /// timeout, a transport failure, or no budget for an attempt.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MintError::Status(status) => status.is_server_error(),
+            MintError::Transport(_)
+            | MintError::Body
+            | MintError::Timeout
+            | MintError::Throttled => true,
+            MintError::Rejected(_) | MintError::InvalidResponse => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct TokenKey {
     user_id: Arc<str>,
     grants: Grants,
+}
+
+impl TokenKey {
+    fn new(user_id: &Arc<str>, grant: Grant) -> Self {
+        TokenKey {
+            user_id: Arc::clone(user_id),
+            grants: Grants::of(grant),
+        }
+    }
 }
 
 /// Per-user token cache in front of the minting endpoint.
@@ -93,7 +138,7 @@ impl TokenCache {
             .build();
         TokenCache {
             cache,
-            minter: Minter::new(upstream, api_key, config.lifetime),
+            minter: Minter::new(upstream, api_key, config),
             reuse_for: config.lifetime - config.refresh_margin,
         }
     }
@@ -105,13 +150,9 @@ impl TokenCache {
         user_id: &Arc<str>,
         grant: Grant,
     ) -> Result<(Arc<MintedToken>, TokenSource), Arc<MintError>> {
-        let key = TokenKey {
-            user_id: Arc::clone(user_id),
-            grants: Grants::of(grant),
-        };
         let entry = self
             .cache
-            .entry(key)
+            .entry(TokenKey::new(user_id, grant))
             .or_try_insert_with(self.minter.mint(grant, self.reuse_for))
             .await?;
         let source = if entry.is_fresh() {
@@ -122,13 +163,19 @@ impl TokenCache {
         Ok((entry.into_value(), source))
     }
 
-    /// Drops the cached token of `user_id` for `grant`.
-    pub async fn evict(&self, user_id: &Arc<str>, grant: Grant) {
-        let key = TokenKey {
-            user_id: Arc::clone(user_id),
-            grants: Grants::of(grant),
-        };
-        self.cache.invalidate(&key).await;
+    /// Drops `rejected`, the token of `user_id` for `grant`, from the cache.
+    /// A token that another request has cached in its place stays.
+    pub async fn evict(&self, user_id: &Arc<str>, grant: Grant, rejected: &Arc<MintedToken>) {
+        self.cache
+            .entry(TokenKey::new(user_id, grant))
+            .and_compute_with(|cached| {
+                let op = match cached {
+                    Some(entry) if Arc::ptr_eq(entry.value(), rejected) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 }
 
@@ -146,84 +193,18 @@ impl moka::Expiry<TokenKey, Arc<MintedToken>> for UntilReuseEnds {
     }
 }
 
-/// Calls `POST /access-token` with the gateway's API key.
-struct Minter {
-    upstream: Arc<Upstream>,
-    uri: Uri,
-    authorization: HeaderValue,
-    lifetime: Duration,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Deserialize)]
-struct MintResponse {
-    token: String,
-}
-
-impl Minter {
-    fn new(upstream: Arc<Upstream>, api_key: &Secret, lifetime: Duration) -> Self {
-        let uri = upstream.uri("/access-token", None);
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
-        authorization.set_sensitive(true);
-        Minter {
-            upstream,
-            uri,
-            authorization,
-            lifetime,
-        }
-    }
-
-    async fn mint(&self, grant: Grant, reuse_for: Duration) -> Result<Arc<MintedToken>, MintError> {
-        let started = Instant::now();
-        let timeout = self.upstream.response_timeout;
-        let token = tokio::time::timeout(timeout, self.request(grant))
-            .await
-            .map_err(|_| MintError::Timeout)??;
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| MintError::InvalidResponse)?;
-        authorization.set_sensitive(true);
-        let fingerprint = secret::fingerprint(&token);
-        tracing::debug!(grant = grant.as_str(), token.fingerprint = %fingerprint, "minted a Cartesia access token");
-        Ok(Arc::new(MintedToken {
-            authorization,
-            fingerprint,
-            reuse_until: started + reuse_for,
-        }))
-    }
-
-    async fn request(&self, grant: Grant) -> Result<String, MintError> {
-        let body = serde_json::json!({
-            "grants": { grant.as_str(): true },
-            "expires_in": self.lifetime.as_secs(),
-        });
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header(CARTESIA_VERSION, self.upstream.cartesia_version.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Either::Left(Full::new(Bytes::from(body.to_string()))))
-            .map_err(|_| MintError::InvalidResponse)?;
-        let response = self
-            .upstream
-            .http
-            .request(request)
-            .await
-            .map_err(MintError::Transport)?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            return Err(MintError::Status(status));
-        }
-        let bytes = Limited::new(response.into_body(), MAX_MINT_RESPONSE)
-            .collect()
-            .await
-            .map_err(|_| MintError::Body)?
-            .to_bytes();
-        let parsed: MintResponse =
-            serde_json::from_slice(&bytes).map_err(|_| MintError::InvalidResponse)?;
-        if parsed.token.is_empty() || !parsed.token.bytes().all(|byte| byte.is_ascii_graphic()) {
-            return Err(MintError::InvalidResponse);
-        }
-        Ok(parsed.token)
+    #[test]
+    fn transient_errors_are_5xx_timeouts_and_transport() {
+        assert!(MintError::Status(StatusCode::SERVICE_UNAVAILABLE).is_transient());
+        assert!(MintError::Timeout.is_transient());
+        assert!(MintError::Body.is_transient());
+        assert!(MintError::Throttled.is_transient());
+        assert!(!MintError::Rejected(StatusCode::UNAUTHORIZED).is_transient());
+        assert!(!MintError::Status(StatusCode::MOVED_PERMANENTLY).is_transient());
+        assert!(!MintError::InvalidResponse.is_transient());
     }
 }

@@ -563,7 +563,7 @@ async fn allowed_origin_reads_every_status() {
     );
     assert_cors_for_app(&response, "429 from the upstream");
 
-    harness.stand_in.faults().fail_mints_with(Some(500));
+    harness.stand_in.faults().fail_mints_with(Some(400));
     let new_user = harness.session("cors-new-user", &["tts"]);
     let new_user_bearer = format!("Bearer {new_user}");
     let (response, body) = post_tts(
@@ -577,7 +577,7 @@ async fn allowed_origin_reads_every_status() {
         "{}",
         preview(&body)
     );
-    assert_eq!(error_code(&body), "token_mint_failed");
+    assert_eq!(error_code(&body), "token_mint_rejected");
     assert_cors_for_app(&response, "502 after a failed mint");
 }
 
@@ -861,7 +861,7 @@ async fn hsts_is_on_every_status() {
     );
     assert_default_hsts(&response, "405");
 
-    harness.stand_in.faults().fail_mints_with(Some(500));
+    harness.stand_in.faults().fail_mints_with(Some(400));
     let new_user = harness.session("hsts-new-user", &["tts"]);
     let new_user_bearer = format!("Bearer {new_user}");
     let request = tts_request(

@@ -1492,40 +1492,51 @@ async fn upstream_response_timeout_gets_504() {
 }
 
 #[tokio::test]
-async fn closed_upstream_port_gets_502() {
+async fn closed_upstream_port_gets_503() {
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = closed.local_addr().expect("address");
     drop(closed);
     let harness = Harness::start_with(Options {
         upstream_url: Some(format!("https://{address}")),
+        tokens: "mint_retry_delay_ms = 10",
         ..Options::default()
     })
     .await;
     let (response, body) = send_tts_bytes(&harness, "oscar").await;
+    // The mint is the first upstream call; a connection failure there is
+    // transient, so it is retried and then answered with 503.
     assert_gateway_error(
         response.status(),
         response.headers(),
         &body,
-        (502, "upstream_unavailable"),
+        (503, "token_mint_unavailable"),
         "closed upstream port",
+    );
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "closed upstream port: 503 carries Retry-After"
     );
 }
 
 #[tokio::test]
-async fn silent_upstream_gets_504() {
+async fn silent_upstream_mint_gets_503() {
     let relay = Relay::start().await;
     let harness = Harness::start_with(Options {
         upstream: SHORT_TIMEOUTS,
         upstream_url: Some(relay.url()),
+        tokens: "mint_retries = 0",
         ..Options::default()
     })
     .await;
     let (response, body) = send_tts_bytes(&harness, "peggy").await;
+    // A mint that times out is transient too: 503 with Retry-After. A
+    // forwarded request that times out gets 504; see
+    // upstream_connect_timeout_gets_504.
     assert_gateway_error(
         response.status(),
         response.headers(),
         &body,
-        (504, "upstream_timeout"),
+        (503, "token_mint_unavailable"),
         "upstream that accepts TCP and never answers",
     );
 }
@@ -1533,13 +1544,13 @@ async fn silent_upstream_gets_504() {
 #[tokio::test]
 async fn failed_mint_gets_502_then_retries() {
     let harness = Harness::start().await;
-    harness.stand_in.faults().fail_mints_with(Some(500));
+    harness.stand_in.faults().fail_mints_with(Some(400));
     let (response, body) = send_tts_bytes(&harness, "quinn").await;
     assert_gateway_error(
         response.status(),
         response.headers(),
         &body,
-        (502, "token_mint_failed"),
+        (502, "token_mint_rejected"),
         "failed mint",
     );
     let body_text = String::from_utf8_lossy(&body);

@@ -172,7 +172,10 @@ async fn trace_log_contains_no_secret() {
     let new_user_bearer = format!("Bearer {new_user}");
     let (status, body) =
         post_tts_bytes(&harness, false, &[("authorization", &new_user_bearer)]).await;
-    assert_eq!(status, 502, "a failed mint is a 502: {body:?}");
+    assert_eq!(
+        status, 503,
+        "a failing mint is a 503 after its retries: {body:?}"
+    );
     harness.stand_in.faults().fail_mints_with(None);
 
     harness.stop().await;

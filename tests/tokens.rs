@@ -77,16 +77,24 @@ fn mint_attempts(harness: &Harness) -> usize {
         .count()
 }
 
-/// Checks a 502 `token_mint_failed` response that echoes no secret.
-fn assert_mint_failed(status: StatusCode, body: &Bytes, session: &str, case: &str) {
-    assert_eq!(
-        status,
-        StatusCode::BAD_GATEWAY,
-        "{case}: status; body {body:?}"
-    );
+/// A failed mint as the client sees it: 503 `token_mint_unavailable` after
+/// the retries of a transient failure, or 502 `token_mint_rejected` for a 4xx.
+const MINT_UNAVAILABLE: (StatusCode, &str) =
+    (StatusCode::SERVICE_UNAVAILABLE, "token_mint_unavailable");
+const MINT_REJECTED: (StatusCode, &str) = (StatusCode::BAD_GATEWAY, "token_mint_rejected");
+
+/// Checks a failed-mint response that echoes no secret.
+fn assert_mint_failed(
+    status: StatusCode,
+    body: &Bytes,
+    session: &str,
+    expected: (StatusCode, &str),
+    case: &str,
+) {
+    assert_eq!(status, expected.0, "{case}: status; body {body:?}");
     let parsed: Value = serde_json::from_slice(body)
         .unwrap_or_else(|error| panic!("{case}: the body is not JSON ({error}): {body:?}"));
-    assert_eq!(parsed["error"], "token_mint_failed", "{case}: {parsed}");
+    assert_eq!(parsed["error"], expected.1, "{case}: {parsed}");
     let text = String::from_utf8_lossy(body);
     assert!(
         !text.contains(API_KEY),
@@ -319,20 +327,24 @@ async fn token_reminted_after_reuse_window() {
 
 #[tokio::test]
 async fn failed_mint_is_not_cached() {
-    let harness = Harness::start().await;
+    let harness = Harness::start_with(Options {
+        tokens: "mint_retry_delay_ms = 10",
+        ..Options::default()
+    })
+    .await;
     let url = harness.url();
     let session = harness.session("alice", &["tts"]);
 
-    for status in [500, 401] {
+    for (status, expected) in [(500, MINT_UNAVAILABLE), (401, MINT_REJECTED)] {
         harness.stand_in.faults().fail_mints_with(Some(status));
         let (response, body) = harness.send(tts_request(&url, &session)).await;
         let case = format!("mint answered {status}");
-        assert_mint_failed(response.status(), &body, &session, &case);
+        assert_mint_failed(response.status(), &body, &session, expected, &case);
     }
     assert_eq!(
         mint_attempts(&harness),
-        2,
-        "each failed request tried to mint"
+        4,
+        "the 500 was tried three times (two retries), the 401 once"
     );
     assert!(
         forwarded_credentials(&harness, "/tts/bytes").is_empty(),
@@ -349,8 +361,8 @@ async fn failed_mint_is_not_cached() {
     assert_eq!(harness.stand_in.mint_count(), 1, "one successful mint");
     assert_eq!(
         mint_attempts(&harness),
-        3,
-        "two failed and one good attempt"
+        5,
+        "four failed and one good attempt"
     );
 }
 
@@ -387,7 +399,13 @@ async fn concurrent_failing_mints_coalesce() {
     }
     for (index, task) in tasks.into_iter().enumerate() {
         let (status, body) = task.await.unwrap();
-        assert_mint_failed(status, &body, &session, &format!("request {index}"));
+        assert_mint_failed(
+            status,
+            &body,
+            &session,
+            MINT_UNAVAILABLE,
+            &format!("request {index}"),
+        );
     }
 
     let attempts = mint_attempts(&harness);

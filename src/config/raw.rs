@@ -187,7 +187,10 @@ impl RawServer {
             max_connections: match self.max_connections {
                 None => DEFAULT_MAX_CONNECTIONS,
                 Some(0) => {
-                    return Err(ConfigError::invalid("server.max_connections", "must be at least 1"));
+                    return Err(ConfigError::invalid(
+                        "server.max_connections",
+                        "must be at least 1",
+                    ));
                 }
                 Some(limit) => limit,
             },

@@ -230,3 +230,263 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    const COOKIE_NAME: &str = "session";
+
+    /// Generates tokens of RFC 6750 `b64token` characters, as JWTs are.
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._~+/-]{1,24}=?"
+    }
+
+    /// Generates cookies whose name is not the session cookie's.
+    fn other_cookie() -> impl Strategy<Value = String> {
+        ("[A-Za-z0-9_]{1,8}", "[A-Za-z0-9%=._\"-]{0,12}")
+            .prop_filter("must not be the session cookie", |(name, _)| {
+                name != COOKIE_NAME
+            })
+            .prop_map(|(name, value)| format!("{name}={value}"))
+    }
+
+    /// Generates `Cookie` header values with `session=<token>` among other
+    /// cookies, quoted or not, with or without spaces after the separators.
+    fn cookie_header(token: String) -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(other_cookie(), 0..4),
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+            prop::sample::select(vec![";", "; ", ";  "]),
+        )
+            .prop_map(move |(mut cookies, position, quoted, separator)| {
+                let session = if quoted {
+                    format!("{COOKIE_NAME}=\"{token}\"")
+                } else {
+                    format!("{COOKIE_NAME}={token}")
+                };
+                cookies.insert(position.index(cookies.len() + 1), session);
+                cookies.join(separator)
+            })
+    }
+
+    /// Generates `Authorization` values with the bearer scheme in any case
+    /// and any number of spaces around the token.
+    fn bearer_header(token: String) -> impl Strategy<Value = String> {
+        ("[bB][eE][aA][rR][eE][rR]", " {1,3}", " {0,2}")
+            .prop_map(move |(scheme, before, after)| format!("{scheme}{before}{token}{after}"))
+    }
+
+    fn query_with(token: &str) -> String {
+        let encoded =
+            percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC);
+        format!("model=x&access_token={encoded}")
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Place {
+        Bearer,
+        Cookie,
+        Query,
+    }
+
+    fn place() -> impl Strategy<Value = Place> {
+        prop_oneof![Just(Place::Bearer), Just(Place::Cookie), Just(Place::Query)]
+    }
+
+    /// Header bytes that `HeaderValue` accepts, biased towards separators.
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => prop::sample::select(b"session=; \"aB1=,\t".to_vec()),
+                1 => 0x20u8..0x7f,
+                1 => 0x80u8..=0xff,
+            ],
+            0..40,
+        )
+        .prop_map(|bytes| HeaderValue::from_bytes(&bytes).unwrap())
+    }
+
+    fn header_map() -> impl Strategy<Value = HeaderMap> {
+        let entry = (
+            prop::sample::select(vec!["authorization", "cookie", "x-other"]),
+            prop_oneof![
+                header_value(),
+                token()
+                    .prop_flat_map(bearer_header)
+                    .prop_map(|value| HeaderValue::from_str(&value).unwrap()),
+                token()
+                    .prop_flat_map(cookie_header)
+                    .prop_map(|value| HeaderValue::from_str(&value).unwrap()),
+            ],
+        );
+        prop::collection::vec(entry, 0..4).prop_map(|entries| {
+            let mut map = HeaderMap::new();
+            for (name, value) in entries {
+                map.append(name, value);
+            }
+            map
+        })
+    }
+
+    /// Puts `token` into `place` of `map` and `query`.
+    fn put(
+        map: &mut HeaderMap,
+        query: &mut Option<String>,
+        place: Place,
+        token: &str,
+        header: String,
+    ) {
+        match place {
+            Place::Bearer => {
+                map.append(AUTHORIZATION, HeaderValue::from_str(&header).unwrap());
+            }
+            Place::Cookie => {
+                map.append(COOKIE, HeaderValue::from_str(&header).unwrap());
+            }
+            Place::Query => *query = Some(query_with(token)),
+        }
+    }
+
+    /// Generates a token in a place, with the header value that carries it
+    /// there.
+    fn placed_token() -> impl Strategy<Value = (Place, String, String)> {
+        (place(), token()).prop_flat_map(|(place, token)| {
+            let header = match place {
+                Place::Bearer => bearer_header(token.clone()).boxed(),
+                Place::Cookie => cookie_header(token.clone()).boxed(),
+                Place::Query => Just(String::new()).boxed(),
+            };
+            (Just(place), Just(token), header)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn extract_never_panics_and_finds_what_was_sent(
+            map in header_map(),
+            query in prop::option::of("([a-z_=&%]|access_token=|%5F){0,12}"),
+            websocket in any::<bool>(),
+        ) {
+            let result = extract(&map, query.as_deref(), COOKIE_NAME, websocket);
+            if let Ok((token, source)) = &result {
+                prop_assert!(!token.is_empty());
+                match source {
+                    CredentialSource::Bearer => {
+                        let value = map[AUTHORIZATION].to_str().unwrap();
+                        prop_assert!(value.contains(token.as_ref()));
+                    }
+                    CredentialSource::Cookie => {
+                        let found = map.get_all(COOKIE).iter().any(|value| {
+                            value.to_str().unwrap().contains(token.as_ref())
+                        });
+                        prop_assert!(found);
+                    }
+                    CredentialSource::Query => {
+                        prop_assert!(websocket);
+                        let query = query.as_deref().unwrap_or("");
+                        let sent = query::values(query, "access_token")
+                            .any(|value| value == *token);
+                        prop_assert!(sent);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn query_is_ignored_outside_websockets(
+            map in header_map(),
+            query in "([a-z_=&%]|access_token=){0,12}",
+        ) {
+            prop_assert_eq!(
+                extract(&map, Some(&query), COOKIE_NAME, false),
+                extract(&map, None, COOKIE_NAME, false)
+            );
+        }
+
+        #[test]
+        fn success_does_not_depend_on_header_order(map in header_map()) {
+            let mut reversed = HeaderMap::new();
+            for name in map.keys() {
+                for value in map.get_all(name).iter().rev() {
+                    reversed.append(name.clone(), value.clone());
+                }
+            }
+            if let Ok(found) = extract(&map, None, COOKIE_NAME, false) {
+                prop_assert_eq!(extract(&reversed, None, COOKIE_NAME, false), Ok(found));
+            }
+        }
+
+        #[test]
+        fn token_in_one_place_is_found((place, token, header) in placed_token()) {
+            let mut map = HeaderMap::new();
+            let mut query = None;
+            put(&mut map, &mut query, place, &token, header);
+            let (found, source) = extract(&map, query.as_deref(), COOKIE_NAME, true).unwrap();
+            prop_assert_eq!(found.as_ref(), token.as_str());
+            let expected = match place {
+                Place::Bearer => CredentialSource::Bearer,
+                Place::Cookie => CredentialSource::Cookie,
+                Place::Query => CredentialSource::Query,
+            };
+            prop_assert_eq!(source, expected);
+        }
+
+        #[test]
+        fn same_token_in_two_places_is_accepted(
+            (first, token, header) in placed_token(),
+            second in place(),
+            other_cookies in prop::collection::vec(other_cookie(), 0..3),
+        ) {
+            let mut map = HeaderMap::new();
+            let mut query = None;
+            put(&mut map, &mut query, first, &token, header);
+            let again = match second {
+                Place::Bearer => format!("Bearer {token}"),
+                Place::Cookie => format!("{COOKIE_NAME}={token}"),
+                Place::Query => String::new(),
+            };
+            if matches!((first, second), (Place::Bearer, Place::Bearer)) {
+                return Ok(());
+            }
+            put(&mut map, &mut query, second, &token, again);
+            for cookie in other_cookies {
+                map.append(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+            }
+            let (found, _) = extract(&map, query.as_deref(), COOKIE_NAME, true).unwrap();
+            prop_assert_eq!(found.as_ref(), token.as_str());
+        }
+
+        #[test]
+        fn different_tokens_are_ambiguous(
+            (first, token, header) in placed_token(),
+            (second, other, other_header) in placed_token(),
+        ) {
+            prop_assume!(token != other);
+            prop_assume!(!matches!((first, second), (Place::Query, Place::Query)));
+            let mut map = HeaderMap::new();
+            let mut query = None;
+            put(&mut map, &mut query, first, &token, header);
+            put(&mut map, &mut query, second, &other, other_header);
+            prop_assert_eq!(
+                extract(&map, query.as_deref(), COOKIE_NAME, true),
+                Err(SessionError::Ambiguous)
+            );
+        }
+
+        #[test]
+        fn other_cookies_never_count(cookies in prop::collection::vec(other_cookie(), 1..5)) {
+            let mut map = HeaderMap::new();
+            map.insert(COOKIE, HeaderValue::from_str(&cookies.join("; ")).unwrap());
+            prop_assert_eq!(
+                extract(&map, None, COOKIE_NAME, false),
+                Err(SessionError::Missing)
+            );
+        }
+    }
+}

@@ -30,7 +30,14 @@ pub(crate) async fn handle(
     parts: Parts,
     body: Incoming,
 ) -> http::Response<ResponseBody> {
-    if let Some(status) = context.shared.faults.mint_status() {
+    let faults = &context.shared.faults;
+    if let Some(delay) = faults.mint_delay() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = faults
+        .mint_status()
+        .or_else(|| faults.take_next_mint_failure())
+    {
         return context.error(ApiError::injected(status, None));
     }
     let credential = presented_credential(&parts.headers, None, false);

@@ -34,7 +34,8 @@
 //!    present, the first of `Authorization`, `X-API-Key`, `access_token`, `api_key` is used. The
 //!    API key is accepted everywhere. An access token must carry a valid signature from this
 //!    stand-in, must not be expired (no leeway) and must grant the route's capability. A missing,
-//!    unknown or expired credential gets 401, and a valid token without the grant gets 403.
+//!    unknown or expired credential gets 401, and a valid token without the grant gets 403. A
+//!    token listed with [`Faults::reject_token`] gets 401 before any of these checks.
 //! 4. API version: the `cartesia_version` query parameter, else the `Cartesia-Version` header, must
 //!    be a `YYYY-MM-DD` date. A missing version is rejected with 400 on every route except
 //!    `/audio/transcriptions`, which OpenAI clients call without one.
@@ -42,8 +43,8 @@
 //! 6. The route's own validation, then the response. Bad request bodies and bad WebSocket query
 //!    parameters get 400. A WebSocket request that is not an HTTP/1.1 upgrade gets 426.
 //!
-//! `POST /access-token` has its own order after step 2: the mint fault, then the API key (401), the
-//! version (400) and the body (400).
+//! `POST /access-token` has its own order after step 2: the mint delay, the mint faults, then the
+//! API key (401), the version (400) and the body (400).
 //!
 //! On WebSocket routes every failure before the upgrade is an ordinary HTTP response to the
 //! handshake.
@@ -114,6 +115,7 @@ struct Shared {
     faults: Faults,
     mint_count: AtomicUsize,
     issued_tokens: Mutex<Vec<String>>,
+    idle_closes: AtomicUsize,
 }
 
 impl StandIn {
@@ -129,6 +131,7 @@ impl StandIn {
             faults: Faults::default(),
             mint_count: AtomicUsize::new(0),
             issued_tokens: Mutex::new(Vec::new()),
+            idle_closes: AtomicUsize::new(0),
         };
         Self {
             shared: Arc::new(shared),
@@ -167,6 +170,12 @@ impl StandIn {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Returns the number of connections dropped by
+    /// [`Faults::close_idle_connections_after`].
+    pub fn idle_connections_closed(&self) -> usize {
+        self.shared.idle_closes.load(Ordering::SeqCst)
     }
 
     /// Returns the fault injection switches, which tests flip while the stand-in runs.

@@ -195,6 +195,12 @@ fn check_api_request(
     let credential = credential
         .as_ref()
         .map(|presented| presented.value.as_str());
+    if credential.is_some_and(|credential| context.shared.faults.take_token_rejection(credential)) {
+        return Err(ApiError::unauthorized(
+            "invalid_credentials",
+            "the access token is no longer valid",
+        ));
+    }
     context.shared.signer.authorize(credential, route.grant())?;
     check_version(&parts.headers, query, route.requires_version())?;
     check_injected_faults(context, route)

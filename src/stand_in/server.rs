@@ -2,15 +2,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
 use super::{Shared, router};
@@ -59,9 +61,8 @@ pub(crate) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut config = (*tls).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = acceptor_with_alpn(&tls, &[b"h2", b"http/1.1"]);
+    let http1_acceptor = acceptor_with_alpn(&tls, &[b"http/1.1"]);
     let (stop_sender, stop) = watch::channel(false);
     let (drain_sender, mut drained) = mpsc::channel(1);
     let lifecycle = Lifecycle {
@@ -81,6 +82,11 @@ pub(crate) async fn serve(
                     // Audio chunks are small and paced; without this, Nagle's
                     // algorithm would batch several of them.
                     let _ = stream.set_nodelay(true);
+                    let acceptor = if shared.faults.http1_only() {
+                        &http1_acceptor
+                    } else {
+                        &acceptor
+                    };
                     let connection = serve_connection(
                         acceptor.clone(),
                         stream,
@@ -128,12 +134,28 @@ async fn serve_connection(
         }
     };
     let request_lifecycle = lifecycle.clone();
+    let activity = Arc::new(Activity::new());
+    let service_shared = shared.clone();
+    let service_activity = activity.clone();
     let service = service_fn(move |request| {
-        router::handle(shared.clone(), request_lifecycle.clone(), request)
+        let in_progress = InProgress::start(&service_activity);
+        let handled = router::handle(service_shared.clone(), request_lifecycle.clone(), request);
+        async move {
+            let response = handled.await?;
+            // The guard lives as long as the response body, so the connection counts as busy
+            // until hyper has taken the last frame.
+            Ok::<_, std::convert::Infallible>(response.map(move |body| {
+                body.map_frame(move |frame| {
+                    let _ = &in_progress;
+                    frame
+                })
+                .boxed()
+            }))
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-    tokio::pin!(connection);
+    let mut connection =
+        Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service));
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(error) = result {
@@ -144,6 +166,94 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             // Errors while draining are expected when a client drops mid-response.
             let _ = connection.await;
+        }
+        () = idle_timeout(&activity, shared.faults.idle_close()) => {
+            drop(connection);
+            shared.idle_closes.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(%peer, "stand-in dropped an idle connection");
+        }
+    }
+}
+
+fn acceptor_with_alpn(tls: &rustls::ServerConfig, protocols: &[&[u8]]) -> TlsAcceptor {
+    let mut config = tls.clone();
+    config.alpn_protocols = protocols.iter().map(|protocol| protocol.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// Requests in progress on one connection, and when the connection last became idle.
+struct Activity {
+    in_progress: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_progress: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Returns how long the connection has been idle, or `None` while a request is in progress.
+    fn idle_for(&self) -> Option<Duration> {
+        let idle_since = self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (self.in_progress.load(Ordering::SeqCst) == 0).then(|| idle_since.elapsed())
+    }
+}
+
+/// Counts one request as in progress until dropped.
+struct InProgress(Arc<Activity>);
+
+impl InProgress {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_progress.fetch_add(1, Ordering::SeqCst);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        // The lock orders this update with `idle_for`, so a reader never pairs a count of 0
+        // with the start time of an older idle period.
+        let mut idle_since = self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.0.in_progress.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *idle_since = Instant::now();
+        }
+    }
+}
+
+/// Completes once the idle-close fault is on and the connection has been idle for its duration.
+/// Never completes while the fault is off.
+async fn idle_timeout(activity: &Activity, mut setting: watch::Receiver<Option<Duration>>) {
+    loop {
+        let idle = *setting.borrow_and_update();
+        let wait = match (idle, activity.idle_for()) {
+            (None, _) => None,
+            (Some(idle), Some(elapsed)) if elapsed >= idle => return,
+            (Some(idle), Some(elapsed)) => Some(idle - elapsed),
+            // A request is in progress: look again after one idle period.
+            (Some(idle), None) => Some(idle),
+        };
+        let changed = async {
+            if setting.changed().await.is_err() {
+                // The switch is gone with the stand-in, so it can never turn on.
+                std::future::pending::<()>().await;
+            }
+        };
+        match wait {
+            None => changed.await,
+            Some(wait) => tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = changed => {}
+            },
         }
     }
 }

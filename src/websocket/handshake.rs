@@ -246,3 +246,286 @@ mod tests {
         assert!(check_upstream_answer(&headers, key, Some(&offered)).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE64_ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Encodes 16 bytes as standard padded base64.
+    fn encode_key(bytes: [u8; 16]) -> String {
+        let bits = u128::from_be_bytes(bytes);
+        let mut text = vec![0u8; 22];
+        // 22 six-bit digits hold 132 bits: the 128 key bits and 4 zero bits.
+        for (position, digit) in text.iter_mut().enumerate() {
+            let shift = 122 - 6 * position as i32;
+            let value = if shift >= 0 {
+                (bits >> shift) & 0x3f
+            } else {
+                (bits << -shift) & 0x3f
+            };
+            *digit = BASE64_ALPHABET[value as usize];
+        }
+        let mut key = String::from_utf8(text).unwrap();
+        key.push_str("==");
+        key
+    }
+
+    /// Decodes a key that is 22 base64 digits and `==`, dropping the 4
+    /// trailing bits; `None` for any other shape.
+    fn decode_key(key: &[u8]) -> Option<[u8; 16]> {
+        if key.len() != 24 || &key[22..] != b"==" {
+            return None;
+        }
+        let mut bits: u128 = 0;
+        for (position, byte) in key[..22].iter().enumerate() {
+            let value = BASE64_ALPHABET.iter().position(|digit| digit == byte)? as u128;
+            let shift = 122 - 6 * position as i32;
+            bits |= if shift >= 0 {
+                value << shift
+            } else {
+                value >> -shift
+            };
+        }
+        Some(bits.to_be_bytes())
+    }
+
+    /// Checks the headers as RFC 6455 section 4.2.1 requires, in the order
+    /// `validate` reports them but without sharing its code.
+    fn reference_validate(headers: &HeaderMap) -> Result<(), HandshakeError> {
+        let has_token = |name: &http::HeaderName, token: &str| {
+            headers.get_all(name).iter().any(|value| {
+                value.to_str().is_ok_and(|text| {
+                    text.to_ascii_lowercase()
+                        .split(',')
+                        .any(|item| item.trim_matches([' ', '\t']) == token)
+                })
+            })
+        };
+        if !has_token(&CONNECTION, "upgrade") {
+            return Err(HandshakeError::MissingConnectionUpgrade);
+        }
+        if !has_token(&UPGRADE, "websocket") {
+            return Err(HandshakeError::MissingUpgradeWebSocket);
+        }
+        if headers
+            .get(SEC_WEBSOCKET_VERSION)
+            .map(|value| value.as_bytes())
+            != Some(&b"13"[..])
+        {
+            return Err(HandshakeError::UnsupportedVersion);
+        }
+        let key = headers.get(SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes);
+        let canonical = key
+            .and_then(decode_key)
+            .is_some_and(|bytes| Some(encode_key(bytes).as_bytes()) == key);
+        if !canonical {
+            return Err(HandshakeError::InvalidKey);
+        }
+        // A request built in a test has no upgrade handle.
+        Err(HandshakeError::NotUpgradable)
+    }
+
+    fn mixed_case(text: &'static str) -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<bool>(), text.len()).prop_map(move |upper| {
+            text.chars()
+                .zip(upper)
+                .map(|(c, upper)| if upper { c.to_ascii_uppercase() } else { c })
+                .collect()
+        })
+    }
+
+    /// Generates comma-separated lists with `token` among other tokens.
+    fn list_with(token: &'static str) -> impl Strategy<Value = String> {
+        (
+            mixed_case(token),
+            prop::collection::vec("[a-z0-9-]{1,8}", 0..3),
+            any::<prop::sample::Index>(),
+            prop::sample::select(vec![",", ", ", " ,\t"]),
+        )
+            .prop_map(|(token, mut others, position, separator)| {
+                others.insert(position.index(others.len() + 1), token);
+                others.join(separator)
+            })
+    }
+
+    fn valid_headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+        (
+            list_with("upgrade"),
+            list_with("websocket"),
+            any::<[u8; 16]>(),
+        )
+            .prop_map(|(connection, upgrade, key)| {
+                vec![
+                    ("connection", connection),
+                    ("upgrade", upgrade),
+                    ("sec-websocket-version", "13".to_owned()),
+                    ("sec-websocket-key", encode_key(key)),
+                ]
+            })
+    }
+
+    /// Generates header values that `HeaderValue` accepts, biased to the
+    /// characters the checks look at.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "(upgrade|websocket|13|,| |\t|[A-Za-z0-9+/=]){0,6}".prop_map(String::into_bytes),
+            any::<[u8; 16]>().prop_map(|key| encode_key(key).into_bytes()),
+            "[A-Za-z0-9+/=]{24}".prop_map(String::into_bytes),
+            prop::collection::vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..30),
+        ]
+    }
+
+    /// Generates handshake headers: the valid set with entries replaced,
+    /// added or dropped.
+    fn any_headers() -> impl Strategy<Value = HeaderMap> {
+        let name = prop::sample::select(vec![
+            "connection",
+            "upgrade",
+            "sec-websocket-version",
+            "sec-websocket-key",
+            "sec-websocket-protocol",
+        ]);
+        (
+            valid_headers(),
+            prop::collection::vec(any::<bool>(), 4),
+            prop::collection::vec((name, header_value()), 0..4),
+        )
+            .prop_map(|(valid, keep, extra)| {
+                let mut map = HeaderMap::new();
+                for ((name, value), keep) in valid.into_iter().zip(keep) {
+                    if keep {
+                        map.append(name, HeaderValue::from_str(&value).unwrap());
+                    }
+                }
+                for (name, value) in extra {
+                    map.append(name, HeaderValue::from_bytes(&value).unwrap());
+                }
+                map
+            })
+    }
+
+    fn request_with(headers: HeaderMap) -> Request<()> {
+        let mut request = Request::get("/tts/websocket").body(()).unwrap();
+        *request.headers_mut() = headers;
+        request
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn encoded_keys_are_valid(bytes in any::<[u8; 16]>()) {
+            let key = encode_key(bytes);
+            prop_assert!(is_valid_key(key.as_bytes()), "{key}");
+            prop_assert_eq!(decode_key(key.as_bytes()), Some(bytes));
+        }
+
+        #[test]
+        fn key_check_matches_base64_round_trip(key in "[A-Za-z0-9+/=]{20,26}") {
+            let round_trip = decode_key(key.as_bytes())
+                .is_some_and(|bytes| encode_key(bytes) == key);
+            prop_assert_eq!(is_valid_key(key.as_bytes()), round_trip);
+        }
+
+        #[test]
+        fn valid_handshakes_pass_every_header_check(headers in valid_headers()) {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(name, HeaderValue::from_str(&value).unwrap());
+            }
+            let mut request = request_with(map);
+            prop_assert_eq!(
+                ClientHandshake::validate(&mut request).err(),
+                Some(HandshakeError::NotUpgradable)
+            );
+        }
+
+        #[test]
+        fn validate_matches_reference(headers in any_headers()) {
+            let expected = reference_validate(&headers);
+            let mut request = request_with(headers);
+            prop_assert_eq!(ClientHandshake::validate(&mut request).map(|_| ()), expected);
+        }
+
+        #[test]
+        fn upstream_answer_accepts_offered_protocol(
+            key in any::<[u8; 16]>(),
+            offered in prop::collection::vec("[a-z0-9.-]{1,10}", 1..4),
+            chosen in any::<prop::sample::Index>(),
+            upgrade in list_with("websocket"),
+        ) {
+            let key = encode_key(key);
+            let chosen = offered[chosen.index(offered.len())].clone();
+            let offered = HeaderValue::from_str(&offered.join(", ")).unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(UPGRADE, HeaderValue::from_str(&upgrade).unwrap());
+            let accept = derive_accept_key(key.as_bytes());
+            headers.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).unwrap());
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&chosen).unwrap());
+            prop_assert_eq!(
+                check_upstream_answer(&headers, &key, Some(&offered)),
+                Ok(Some(HeaderValue::from_str(&chosen).unwrap()))
+            );
+        }
+
+        #[test]
+        fn upstream_answer_is_checked_on_arbitrary_headers(
+            key in any::<[u8; 16]>(),
+            accept in prop_oneof![Just(None), header_value().prop_map(Some)],
+            correct_accept in any::<bool>(),
+            protocol in prop::option::of(header_value()),
+            offered in prop::option::of(header_value()),
+            extension in any::<bool>(),
+        ) {
+            let key = encode_key(key);
+            let expected_accept = derive_accept_key(key.as_bytes());
+
+            let mut headers = HeaderMap::new();
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            let accept = if correct_accept {
+                Some(expected_accept.clone().into_bytes())
+            } else {
+                accept
+            };
+            if let Some(accept) = &accept {
+                headers.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_bytes(accept).unwrap());
+            }
+            if let Some(protocol) = &protocol {
+                let protocol = HeaderValue::from_bytes(protocol).unwrap();
+                headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+            }
+            if extension {
+                let extension = HeaderValue::from_static("permessage-deflate");
+                headers.insert(SEC_WEBSOCKET_EXTENSIONS, extension);
+            }
+            let offered = offered.map(|value| HeaderValue::from_bytes(&value).unwrap());
+
+            let listed = |chosen: &HeaderValue| {
+                offered
+                    .as_ref()
+                    .and_then(|offered| offered.to_str().ok())
+                    .is_some_and(|offered| {
+                        offered
+                            .split(',')
+                            .any(|item| item.trim().as_bytes() == chosen.as_bytes())
+                    })
+            };
+            let chosen = headers.get(SEC_WEBSOCKET_PROTOCOL).cloned();
+            let expected = if accept.as_deref() != Some(expected_accept.as_bytes()) || extension {
+                None
+            } else {
+                match chosen {
+                    Some(chosen) if !listed(&chosen) => None,
+                    chosen => Some(chosen),
+                }
+            };
+
+            let result = check_upstream_answer(&headers, &key, offered.as_ref());
+            prop_assert_eq!(result.ok(), expected);
+        }
+    }
+}

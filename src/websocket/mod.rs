@@ -12,6 +12,9 @@
 //! close frame and count messages; compression would force it to inflate and
 //! deflate every audio frame.
 //!
+//! A 401 to the upstream handshake made with a cached token evicts the token
+//! and repeats the handshake once with a fresh one.
+//!
 //! The upstream handshake goes through hyper, not tungstenite's client:
 //! tungstenite's client handshake logs the whole request, query and
 //! `Authorization` included, at `trace`.
@@ -26,10 +29,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    AUTHORIZATION, CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
 };
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -45,7 +49,8 @@ use crate::error::GatewayError;
 use crate::gateway::{Authorized, Connection, Gateway};
 use crate::query;
 use crate::shutdown::Shutdown;
-use crate::upstream;
+use crate::tokens::TokenSource;
+use crate::upstream::{self, Upstream};
 
 /// Makes the upstream handshake for an authorized client handshake and, on
 /// success, answers 101 and starts the relay.
@@ -76,19 +81,22 @@ pub async fn forward(
         HeaderValue::from_str(&key).map_err(|_| GatewayError::Internal("generated key"))?;
     headers.insert(SEC_WEBSOCKET_KEY, key_value);
 
-    let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = upstream.uri(authorized.route.path(), rewritten.query.as_deref());
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers;
-
-    let response = tokio::time::timeout(
-        upstream.response_timeout,
-        upstream.websocket.request(request),
-    )
-    .await
-    .map_err(|_| GatewayError::UpstreamTimeout)?
-    .map_err(crate::proxy::classify)?;
+    let uri = upstream.uri(authorized.route.path(), rewritten.query.as_deref());
+    // A handshake has no body, so after a 401 to a cached token it can be
+    // sent again with a fresh one.
+    let retry_headers =
+        (authorized.token_source == TokenSource::Cache).then(|| parts.headers.clone());
+    let mut response = send_handshake(upstream, uri.clone(), parts.headers).await?;
+    if response.status() == StatusCode::UNAUTHORIZED
+        && let Some(token) = crate::proxy::token_after_rejection(gateway, authorized, true).await?
+        && let Some(mut headers) = retry_headers
+    {
+        headers.insert(AUTHORIZATION, token.authorization.clone());
+        response = send_handshake(upstream, uri, headers).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            crate::proxy::evict_rejected(gateway, authorized, &token, false).await;
+        }
+    }
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream refused: relay its answer as a plain response.
@@ -114,6 +122,7 @@ pub async fn forward(
             .expires_at
             .saturating_add(gateway.config.session.leeway.as_secs()),
         max_lifetime: gateway.config.websocket.max_lifetime,
+        idle_timeout: gateway.config.websocket.idle_timeout,
     };
     spawn_relay(
         client.on_upgrade,
@@ -135,12 +144,34 @@ pub async fn forward(
     Ok(answer)
 }
 
+/// Sends an upgrade request upstream and waits for the response head.
+async fn send_handshake(
+    upstream: &Upstream,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response<Incoming>, GatewayError> {
+    let mut request = Request::new(Either::Left(Full::new(Bytes::new())));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    tokio::time::timeout(
+        upstream.response_timeout,
+        upstream.websocket.request(request),
+    )
+    .await
+    .map_err(|_| GatewayError::UpstreamTimeout)?
+    .map_err(crate::proxy::classify)
+}
+
 /// When the gateway closes a WebSocket by itself.
 struct CloseLimits {
     /// Unix time in seconds after which the session that opened the
     /// WebSocket no longer verifies: its `exp` plus the leeway.
     session_expires_at: u64,
     max_lifetime: Option<Duration>,
+    /// Time without messages after which the relay closes the WebSocket.
+    idle_timeout: Duration,
 }
 
 impl CloseLimits {
@@ -212,8 +243,12 @@ fn spawn_relay(
         tracing::debug!("WebSocket opened");
         // The slot keeps the WebSocket counted under server.max_connections.
         let _slot = connection.slot;
+        let idle_timeout = limits.idle_timeout;
+        // `reached` drops its handle once shutdown is signalled; this one
+        // keeps the drain waiting until the close handshake is done.
+        let _drain_guard = connection.shutdown.clone();
         let stop = limits.reached(connection.shutdown);
-        let summary = relay(client, upstream, stop).await;
+        let summary = relay(client, upstream, stop, idle_timeout).await;
         tracing::debug!(
             closed_by = summary.closed_by.as_str(),
             close.code = summary.close_code,

@@ -15,7 +15,10 @@
 //! example at shutdown), the client gets its close frame and the upstream a
 //! normal close.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -74,12 +77,15 @@ struct Counts {
     bytes: u64,
 }
 
-/// Relays messages until both sides have closed, one side has vanished, or
-/// `stop` completes with the close frame to send to the client.
+/// Relays messages until both sides have closed, one side has vanished,
+/// no message has passed in either direction for `idle_timeout` (the client
+/// then gets 1001), or `stop` completes with the close frame to send to the
+/// client.
 pub async fn relay<C, U>(
     client: WebSocketStream<C>,
     upstream: WebSocketStream<U>,
     stop: impl Future<Output = CloseFrame>,
+    idle_timeout: Duration,
 ) -> RelaySummary
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -89,11 +95,23 @@ where
     let (mut upstream_tx, mut upstream_rx) = upstream.split();
     let mut from_client = Counts::default();
     let mut from_upstream = Counts::default();
+    let activity = Activity::new();
 
     let (closed_by, close_code, follow_up) = {
-        let to_upstream = pump(&mut client_rx, &mut upstream_tx, &mut from_client);
-        let to_client = pump(&mut upstream_rx, &mut client_tx, &mut from_upstream);
-        tokio::pin!(to_upstream, to_client, stop);
+        let to_upstream = pump(
+            &mut client_rx,
+            &mut upstream_tx,
+            &mut from_client,
+            &activity,
+        );
+        let to_client = pump(
+            &mut upstream_rx,
+            &mut client_tx,
+            &mut from_upstream,
+            &activity,
+        );
+        let idle = activity.idle_for(idle_timeout);
+        tokio::pin!(to_upstream, to_client, stop, idle);
         tokio::select! {
             end = &mut to_upstream => match end {
                 PumpEnd::Closed(frame) => {
@@ -114,6 +132,11 @@ where
             frame = &mut stop => {
                 let code = u16::from(frame.code);
                 (ClosedBy::Gateway, code, FollowUp::CloseBoth(frame))
+            }
+            () = &mut idle => {
+                tracing::debug!(idle_secs = idle_timeout.as_secs(), "WebSocket idle; closing");
+                let idle_frame = frame(CloseCode::Away, "idle timeout");
+                (ClosedBy::Gateway, 1001, FollowUp::CloseBoth(idle_frame))
             }
         }
     };
@@ -174,11 +197,50 @@ enum FollowUp {
     CloseBoth(CloseFrame),
 }
 
+/// Time of the last message in either direction, shared by both pumps.
+struct Activity {
+    started: Instant,
+    /// Milliseconds from `started` to the last message.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Completes once no message has passed for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let Some(deadline) = self.last().checked_add(timeout) else {
+                return std::future::pending().await;
+            };
+            if deadline <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// Moves messages from `rx` to `tx` until a close frame, an end or an error.
 async fn pump<R, W>(
     rx: &mut SplitStream<WebSocketStream<R>>,
     tx: &mut SplitSink<WebSocketStream<W>, Message>,
     counts: &mut Counts,
+    activity: &Activity,
 ) -> PumpEnd
 where
     R: AsyncRead + AsyncWrite + Unpin,
@@ -193,6 +255,7 @@ where
             }
             None => return PumpEnd::ReadEnded,
         };
+        activity.touch();
         if let Message::Close(frame) = message {
             // The peer may already be gone; the close is best effort.
             let _ = tx.send(Message::Close(frame.clone())).await;
