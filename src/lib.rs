@@ -18,6 +18,7 @@
 //! - [`proxy`] streams the HTTP routes.
 //! - [`websocket`] handles WebSocket handshakes and relays messages.
 //! - [`query`] reads and rewrites query strings.
+//! - [`check`] runs the `check-config` command.
 //! - [`body`] defines the body types of both legs.
 //! - [`error`] maps every failure to one JSON response.
 //! - [`secret`] keeps secrets out of logs.
@@ -30,6 +31,7 @@
 
 pub mod body;
 pub mod cert_reload;
+pub mod check;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -10,11 +10,18 @@ use cartesia_gateway::{Config, Gateway, cert_reload, telemetry};
 
 const USAGE: &str = "\
 Usage: cartesia-gateway [--config PATH]
+       cartesia-gateway check-config [--config PATH]
        cartesia-gateway demo [--config PATH]
 
 Runs the gateway with the config file at PATH (default: config.toml).
+`check-config` validates the config, certificate and key files, the session
+key and the Cartesia API key without serving, then prints the settings the
+gateway would run with, secrets redacted.
 `demo` runs it against a local Cartesia stand-in on 127.0.0.1, creating a
 development certificate in certs/ if needed, and prints a demo session.
+
+Exit codes: 0 success, 1 invalid config or startup failure (the message
+names the key or file), 2 invalid command-line arguments.
 
 Options:
   --config PATH   config file to read
@@ -24,10 +31,11 @@ Options:
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config_path = PathBuf::from("config.toml");
-    let mut demo = false;
+    let mut command = Command::Run;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "demo" if !demo => demo = true,
+            "demo" if command == Command::Run => command = Command::Demo,
+            "check-config" if command == Command::Run => command = Command::CheckConfig,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -43,10 +51,10 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
-    let result = if demo {
-        run_demo(config_path)
-    } else {
-        run(config_path)
+    let result = match command {
+        Command::Run => run(config_path),
+        Command::Demo => run_demo(config_path),
+        Command::CheckConfig => check(&config_path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +63,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Run,
+    Demo,
+    CheckConfig,
+}
+
+fn check(config_path: &Path) -> Result<(), String> {
+    let description =
+        cartesia_gateway::check::check_config(config_path, std::env::vars(), |name| {
+            std::env::var(name).ok()
+        })?;
+    print!("{description}");
+    Ok(())
 }
 
 fn usage_error(message: &str) -> ExitCode {

@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::Directive;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogFormat};
 
 /// Directives added unless the operator's filter mentions tungstenite.
 const MESSAGE_CONTENT_CAPS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
@@ -37,19 +37,33 @@ pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, S
     Ok(filter)
 }
 
-/// Installs the global subscriber, writing to stderr with colors only on a
-/// terminal. Returns an error if the filter is
+/// Installs the global subscriber, writing to stderr: text with colors on a
+/// terminal, JSON lines otherwise, unless `log.format` says which. Returns
+/// an error if the filter is
 /// invalid or a subscriber is installed already.
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = filter(config, rust_log.as_deref())?;
-    tracing_subscriber::fmt()
+    let terminal = std::io::stderr().is_terminal();
+    let json = match config.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(true)
-        .try_init()
-        .map_err(|error| error.to_string())
+        .with_target(true);
+    let installed = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
+    } else {
+        builder.with_ansi(terminal).try_init()
+    };
+    installed.map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
@@ -59,6 +73,7 @@ mod tests {
     fn config(level: &str) -> LogConfig {
         LogConfig {
             level: level.to_owned(),
+            format: LogFormat::Auto,
         }
     }
 

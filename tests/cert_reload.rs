@@ -589,6 +589,8 @@ fn start_binary(config_file: &Path) -> Binary {
         .arg("--config")
         .arg(config_file)
         .env_remove("RUST_LOG")
+        // The test reads the human-readable log lines.
+        .env("CARTESIA_GATEWAY__LOG__FORMAT", "text")
         .env("CARTESIA_API_KEY", API_KEY)
         .env("TEST_SESSION_SECRET", SESSION_SECRET)
         .stdin(Stdio::null())

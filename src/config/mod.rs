@@ -268,6 +268,18 @@ pub struct TokenConfig {
 pub struct LogConfig {
     /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
 impl Config {

@@ -126,6 +126,7 @@ struct RawTokens {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
+    format: Option<String>,
 }
 
 impl RawConfig {
@@ -143,6 +144,19 @@ impl RawConfig {
             tokens: self.tokens.validate()?,
             log: LogConfig {
                 level: self.log.level.unwrap_or_else(|| "info".to_owned()),
+                format: match self.log.format.as_deref() {
+                    None | Some("auto") => LogFormat::Auto,
+                    Some("json") => LogFormat::Json,
+                    Some("text") => LogFormat::Text,
+                    Some(other) => {
+                        return Err(ConfigError::invalid(
+                            "log.format",
+                            format!(
+                                "{other:?} is not a log format; use \"auto\", \"json\" or \"text\""
+                            ),
+                        ));
+                    }
+                },
             },
         })
     }

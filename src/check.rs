@@ -1,0 +1,214 @@
+//! The `check-config` command: validates the config file, the certificate
+//! and key files, the session key and the Cartesia API key, as the gateway
+//! would at startup, without listening or contacting Cartesia. It then
+//! describes the settings the gateway would run with. Secrets are never
+//! printed: they appear as where they come from and whether they are set.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::config::{API_KEY_ENV, Config, SessionKeySource};
+use crate::{Gateway, tls};
+
+/// Checks the config at `path` with `environment` and `read_env` as the
+/// process environment. Returns the description, or the first error in the
+/// words the gateway would use at startup.
+pub fn check_config(
+    path: &Path,
+    environment: impl IntoIterator<Item = (String, String)>,
+    read_env: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    let config = Config::from_toml_str(&text, environment).map_err(|error| error.to_string())?;
+    let certificate = tls::load_certified_key(&config.server.cert_file, &config.server.key_file)
+        .map_err(|error| error.to_string())?;
+    let fingerprint = certificate
+        .cert
+        .first()
+        .map(tls::fingerprint)
+        .unwrap_or_default();
+    Gateway::new(config.clone(), read_env).map_err(|error| error.to_string())?;
+    Ok(describe(&config, &fingerprint))
+}
+
+/// Writes the effective settings, one `key = value` line each.
+fn describe(config: &Config, fingerprint: &str) -> String {
+    let mut out = String::new();
+    let server = &config.server;
+    let _ = writeln!(out, "config is valid; the gateway would run with:");
+    let _ = writeln!(out, "server.listen = {}", server.listen);
+    let _ = writeln!(
+        out,
+        "server.cert_file = {} (SHA-256 {fingerprint})",
+        server.cert_file.display()
+    );
+    let _ = writeln!(
+        out,
+        "server.key_file = {} (matches the certificate)",
+        server.key_file.display()
+    );
+    let _ = writeln!(out, "server.max_connections = {}", server.max_connections);
+    let _ = writeln!(out, "server.trusted_proxies = {:?}", server.trusted_proxies);
+
+    let session = &config.session;
+    let algorithms: Vec<String> = session
+        .algorithms
+        .iter()
+        .map(|algorithm| format!("{algorithm:?}"))
+        .collect();
+    let _ = writeln!(out, "session.algorithms = {algorithms:?}");
+    let key = match &session.key {
+        SessionKeySource::SecretEnv(name) => {
+            format!("HMAC secret from environment variable {name} (set)")
+        }
+        SessionKeySource::SecretFile(path) => format!("HMAC secret from file {}", path.display()),
+        SessionKeySource::PublicKeyFile(path) => format!("public key from file {}", path.display()),
+    };
+    let _ = writeln!(out, "session key = {key}");
+    let _ = writeln!(out, "session.issuer = {:?}", session.issuer);
+    let _ = writeln!(out, "session.audience = {:?}", session.audience);
+    let _ = writeln!(out, "session.cookie_name = {:?}", session.cookie_name);
+    let grants: Vec<&str> = session
+        .default_grants
+        .iter()
+        .map(|grant| grant.as_str())
+        .collect();
+    let _ = writeln!(out, "session.default_grants = {grants:?}");
+
+    let upstream = &config.upstream;
+    let _ = writeln!(out, "upstream.base_url = {}", upstream.base_url);
+    let api_key = match &upstream.api_key_file {
+        Some(path) => format!("from file {}", path.display()),
+        None => format!("from environment variable {API_KEY_ENV} (set)"),
+    };
+    let _ = writeln!(out, "Cartesia API key = {api_key}");
+    if let Some(ca_file) = &upstream.ca_file {
+        let _ = writeln!(out, "upstream.ca_file = {}", ca_file.display());
+    }
+    let _ = writeln!(
+        out,
+        "tokens.lifetime_secs = {}",
+        config.tokens.lifetime.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "tokens.refresh_margin_secs = {}",
+        config.tokens.refresh_margin.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "cors.allowed_origins = {:?}",
+        config.cors.allowed_origins
+    );
+    let _ = writeln!(
+        out,
+        "Strict-Transport-Security = {:?}",
+        config.hsts.header_value()
+    );
+    match &config.redirect {
+        Some(redirect) => {
+            let _ = writeln!(
+                out,
+                "redirect = {} -> https://{}:{}",
+                redirect.listen, redirect.public_host, redirect.public_port
+            );
+        }
+        None => {
+            let _ = writeln!(out, "redirect = off");
+        }
+    }
+    out
+}
+
+#[cfg(all(test, feature = "stand-in"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+        let certs = crate::devcert::generate(dir).unwrap();
+        let path = dir.join("config.toml");
+        let text = format!(
+            "[server]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{extra}",
+            certs.cert_file.display(),
+            certs.key_file.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const API_KEY: &str = "sk_car_check_config_test_key";
+
+    fn read_env(name: &str) -> Option<String> {
+        match name {
+            "GATEWAY_SESSION_SECRET" => Some(SECRET.to_owned()),
+            "CARTESIA_API_KEY" => Some(API_KEY.to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn valid_config_is_described_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "");
+        let description = check_config(&path, Vec::new(), read_env).unwrap();
+        assert!(
+            description.contains("server.listen = 127.0.0.1:8443"),
+            "{description}"
+        );
+        assert!(description.contains("SHA-256"), "{description}");
+        assert!(
+            description.contains("GATEWAY_SESSION_SECRET (set)"),
+            "{description}"
+        );
+        assert!(
+            !description.contains(SECRET),
+            "the session secret is printed"
+        );
+        assert!(!description.contains(API_KEY), "the API key is printed");
+    }
+
+    #[test]
+    fn each_broken_part_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[tokens]\nlifetime_secs = 7200\n", "tokens.lifetime_secs"),
+            (
+                "[upstream]\nbase_url = \"http://api.cartesia.ai\"\n",
+                "upstream.base_url",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            (
+                "[session]\nsecret_env = \"MISSING_SECRET\"\n",
+                "session.secret_env",
+            ),
+        ];
+        for (extra, key) in cases {
+            let path = write_config(dir.path(), extra);
+            let error = check_config(&path, Vec::new(), read_env).unwrap_err();
+            assert!(error.contains(key), "{extra:?} should name {key}: {error}");
+        }
+    }
+
+    #[test]
+    fn missing_api_key_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), "");
+        let error = check_config(&path, Vec::new(), |name| {
+            (name == "GATEWAY_SESSION_SECRET").then(|| SECRET.to_owned())
+        })
+        .unwrap_err();
+        assert!(error.contains("CARTESIA_API_KEY"), "{error}");
+    }
+
+    #[test]
+    fn missing_certificate_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[server]\ncert_file = \"/nonexistent/cert.pem\"\n").unwrap();
+        let error = check_config(&path, Vec::new(), read_env).unwrap_err();
+        assert!(error.contains("/nonexistent/cert.pem"), "{error}");
+    }
+}
