@@ -13,8 +13,10 @@
 //! A value is read as TOML when it parses as a number, boolean or array, and
 //! as a plain string otherwise.
 
+mod browser;
 mod env;
 mod raw;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
