@@ -91,13 +91,18 @@ fn run(config_path: PathBuf) -> Result<(), String> {
     telemetry::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
     runtime.block_on(async move {
-        let listener = bind(config.server.listen, "server.listen").await?;
-        let redirect = match config.redirect.clone() {
+        raise_open_file_limit(config.server.max_connections);
+        let listen = config.server.listen;
+        let redirect_config = config.redirect.clone();
+        // Load certificates and keys before binding, so a port that accepts
+        // connections always belongs to a gateway that can serve them.
+        let gateway = Gateway::new(config, |name| std::env::var(name).ok())
+            .map_err(|error| error.to_string())?;
+        let listener = bind(listen, "server.listen").await?;
+        let redirect = match redirect_config {
             Some(redirect) => Some((bind(redirect.listen, "redirect.listen").await?, redirect)),
             None => None,
         };
-        let gateway = Gateway::new(config, |name| std::env::var(name).ok())
-            .map_err(|error| error.to_string())?;
         let gateway = Arc::new(gateway);
         reload_certificate_on_hangup(&gateway);
 
@@ -118,6 +123,20 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         }
         served.map_err(|error| error.to_string())
     })
+}
+
+/// Raises the soft limit on open files towards the hard limit, since every
+/// connection needs a descriptor and containers often start with 1024.
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 => tracing::warn!(
+            open_file_limit = limit,
+            max_connections,
+            "the open-file limit is below server.max_connections; raise it (ulimit -n, LimitNOFILE)"
+        ),
+        Ok(limit) => tracing::debug!(open_file_limit = limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "raising the open-file limit failed"),
+    }
 }
 
 async fn bind(address: SocketAddr, key: &str) -> Result<tokio::net::TcpListener, String> {
