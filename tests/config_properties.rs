@@ -69,7 +69,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_failing_mints_per_sec",
         ],
     ),
-    ("log", &["level"]),
+    ("log", &["level", "format"]),
     ("hsts", &["max_age_secs", "include_subdomains", "preload"]),
     ("cors", &["allowed_origins", "max_age_secs"]),
     ("redirect", &["listen", "public_host", "public_port"]),
@@ -97,6 +97,8 @@ const STRINGS: &[&str] = &[
     "10.0.0.0/8",
     "tts",
     "debug,hyper=info",
+    "json",
+    "auto",
     "",
 ];
 
@@ -189,7 +191,7 @@ fn override_name(section: &str, key: &str) -> String {
     format!("CARTESIA_GATEWAY__{section}__{key}").to_ascii_uppercase()
 }
 
-/// The result as text, or the key of a validation error. Parse errors
+/// Describes the result as text, or the key of a validation error. Parse errors
 /// compare equal to each other because their message names the source.
 fn outcome(result: Result<Config, ConfigError>) -> String {
     match result {

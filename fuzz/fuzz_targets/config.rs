@@ -2,7 +2,7 @@
 //!
 //! The input is the TOML text, then optionally a NUL byte and override
 //! variables, one `NAME=VALUE` per line. Besides never panicking, an
-//! accepted config must hold the invariants that validation promises.
+//! accepted config must hold the invariants that validation checks.
 
 #![no_main]
 
