@@ -55,6 +55,8 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2_000_000_000;
 pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a ping acknowledgement before closing.
 pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest interval between certificate file checks, in seconds.
+pub const MAX_CERT_RELOAD_INTERVAL_SECS: u64 = 86_400;
 /// Default interval between checks of the certificate files for changes.
 pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a WebSocket may go without a message in either direction;

@@ -195,6 +195,14 @@ impl RawServer {
             cert_reload_interval: match self.cert_reload_interval_secs {
                 None => Some(DEFAULT_CERT_RELOAD_INTERVAL),
                 Some(0) => None,
+                Some(secs) if secs > MAX_CERT_RELOAD_INTERVAL_SECS => {
+                    return Err(ConfigError::invalid(
+                        "server.cert_reload_interval_secs",
+                        format!(
+                            "must be at most {MAX_CERT_RELOAD_INTERVAL_SECS} (one day), or 0 for SIGHUP only"
+                        ),
+                    ));
+                }
                 Some(secs) => Some(Duration::from_secs(secs)),
             },
         })

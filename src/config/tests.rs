@@ -872,3 +872,11 @@ fn websocket_lifetime_zero_means_no_limit() {
         Some(Duration::from_secs(3600))
     );
 }
+
+#[test]
+fn huge_cert_reload_interval_is_rejected() {
+    assert_rejected_naming(
+        "[server]\ncert_reload_interval_secs = 9223372036854775807\n",
+        "server.cert_reload_interval_secs",
+    );
+}
