@@ -230,7 +230,7 @@ pub fn check_cookie_origin(
     }
 }
 
-/// Adds `Vary` for the headers that decide the CORS answer.
+/// Adds `Vary` for the headers that decide the CORS response.
 pub fn add_vary(headers: &mut HeaderMap) {
     headers.append(VARY, HeaderValue::from_static(VARY_PREFLIGHT));
 }

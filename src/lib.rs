@@ -9,7 +9,7 @@
 //! - [`server`] accepts TLS connections and serves HTTP/1.1 and HTTP/2 until shutdown.
 //! - [`gateway`] contains the shared state and runs each request through the checks.
 //! - [`redirect`] serves the optional plain-HTTP listener that only redirects to HTTPS.
-//! - [`cors`] applies the allowed-origin list: CORS answers and origin checks.
+//! - [`cors`] applies the allowed-origin list: CORS responses and origin checks.
 //! - [`forwarded`] finds the client address, believing proxies only when trusted.
 //! - [`routes`] is the fixed table of forwarded Cartesia endpoints.
 //! - [`session`] finds and verifies the app's session JWT.

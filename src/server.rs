@@ -182,7 +182,7 @@ async fn no_request_within(request_seen: &AtomicBool, timeout: Duration) {
     }
 }
 
-/// Completes the TLS handshake, or answers a plain-HTTP client with a 400
+/// Completes the TLS handshake, or sends a plain-HTTP client a 400
 /// and returns `None`.
 async fn accept_tls(
     mut stream: TcpStream,
@@ -195,7 +195,7 @@ async fn accept_tls(
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
         if first[0].is_ascii_alphabetic() {
-            tracing::debug!("plain HTTP on the TLS port; answered 400");
+            tracing::debug!("plain HTTP on the TLS port; sent 400 and closed");
             let _ = stream.write_all(plain_http_response().as_bytes()).await;
             let _ = stream.shutdown().await;
         }

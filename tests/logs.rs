@@ -3,7 +3,7 @@
 //! The capture covers the gateway, the stand-in and every dependency that
 //! logs: h2, hyper-util, and tungstenite through the `log` bridge.
 //!
-//! The subscriber is process-wide, so this file holds exactly one test.
+//! The subscriber is process-wide, so this file contains exactly one test.
 //!
 //! WebSocket handshakes here are written by hand instead of through
 //! tungstenite's client: that client logs its whole request, query included,

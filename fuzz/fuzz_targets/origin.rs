@@ -25,8 +25,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(normalized) = normalize_origin(&text) {
         assert_eq!(normalize_origin(&normalized).as_ref(), Ok(&normalized));
         assert_eq!(normalized.to_ascii_lowercase(), normalized);
-        assert!(!(normalized.starts_with("https:") && normalized.ends_with(":443")));
-        assert!(!(normalized.starts_with("http:") && normalized.ends_with(":80")));
+        if normalized.starts_with("https:") {
+            assert!(!normalized.ends_with(":443"));
+        }
+        if normalized.starts_with("http:") {
+            assert!(!normalized.ends_with(":80"));
+        }
         assert_eq!(normalize_origin(&text.to_ascii_uppercase()), Ok(normalized));
     }
 

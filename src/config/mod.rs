@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2_000_000_000;
 pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a ping acknowledgement before closing.
 pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longest interval between certificate file checks, in seconds.
+/// Maximum interval between certificate file checks, in seconds.
 pub const MAX_CERT_RELOAD_INTERVAL_SECS: u64 = 86_400;
 /// Default interval between checks of the certificate files for changes.
 pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
@@ -70,9 +70,9 @@ pub const DEFAULT_MINT_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub const DEFAULT_MAX_FAILING_MINTS_PER_SEC: u32 = 5;
 /// Default cookie that carries the app's session JWT.
 pub const DEFAULT_COOKIE_NAME: &str = "session";
-/// Default claim that holds the user id.
+/// Default claim that contains the user id.
 pub const DEFAULT_USER_CLAIM: &str = "sub";
-/// Default claim that holds the user's grants.
+/// Default claim that contains the user's grants.
 pub const DEFAULT_GRANTS_CLAIM: &str = "grants";
 /// Default clock skew allowed when checking `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -91,7 +91,7 @@ pub const API_KEY_ENV: &str = "CARTESIA_API_KEY";
 pub const DEFAULT_CARTESIA_VERSION: &str = "2026-08-14";
 /// Default `Strict-Transport-Security` max-age: one year.
 pub const DEFAULT_HSTS_MAX_AGE: Duration = Duration::from_secs(31_536_000);
-/// Default time browsers may cache a CORS preflight answer.
+/// Default time browsers may cache a CORS preflight response.
 pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(600);
 /// Default upstream TCP and TLS connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +102,7 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Default lifetime requested for minted Cartesia access tokens.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
-/// Longest lifetime Cartesia accepts for an access token.
+/// Maximum lifetime Cartesia accepts for an access token.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default time before expiry at which a cached token stops being used.
 pub const DEFAULT_TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);

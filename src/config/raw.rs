@@ -1,4 +1,4 @@
-//! The configuration file as serde sees it, and its validation.
+//! The configuration file as serde parses it, and its validation.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -96,7 +96,7 @@ impl ClientHandshake {
     }
 }
 
-/// Checks the upstream's 101 answer against the key the gateway sent.
+/// Checks the upstream's 101 response against the key the gateway sent.
 /// Returns the subprotocol the upstream chose, if any.
 pub fn check_upstream_answer(
     headers: &HeaderMap,

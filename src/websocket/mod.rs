@@ -53,7 +53,7 @@ use crate::tokens::TokenSource;
 use crate::upstream::{self, Upstream};
 
 /// Makes the upstream handshake for an authorized client handshake and, on
-/// success, answers 101 and starts the relay.
+/// success, returns the 101 response and starts the relay.
 pub async fn forward(
     gateway: &Gateway,
     request: Request<Incoming>,
@@ -99,7 +99,7 @@ pub async fn forward(
     }
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The upstream refused: relay its answer as a plain response.
+        // The upstream rejected the upgrade: relay its response as a plain response.
         let (mut parts, body) = response.into_parts();
         upstream::prepare_response_headers(&mut parts.headers);
         parts.version = Version::default();

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// How long the relay waits for the far side to answer a close frame.
+/// Time the relay waits for the far side to reply to a close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which party ended a WebSocket.
@@ -270,7 +270,7 @@ where
     }
 }
 
-/// Sends `frame` and reads until the peer's close answer or the timeout.
+/// Sends `frame` and reads until the peer's close reply or the timeout.
 async fn close_and_drain<S>(
     tx: &mut SplitSink<WebSocketStream<S>, Message>,
     rx: &mut SplitStream<WebSocketStream<S>>,
