@@ -18,9 +18,14 @@ pub fn check_config(
     environment: impl IntoIterator<Item = (String, String)>,
     read_env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        format!(
+            "cannot read config file {}: {error}; run from the directory that contains config.toml or pass --config PATH",
+            path.display()
+        )
+    })?;
     let config = Config::from_toml_str(&text, environment).map_err(|error| error.to_string())?;
+    crate::telemetry::filter(&config.log, read_env("RUST_LOG").as_deref())?;
     let certificate = tls::load_certified_key(&config.server.cert_file, &config.server.key_file)
         .map_err(|error| error.to_string())?;
     let fingerprint = certificate
@@ -48,8 +53,50 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         "server.key_file = {} (matches the certificate)",
         server.key_file.display()
     );
+    let secs = |duration: std::time::Duration| duration.as_secs();
     let _ = writeln!(out, "server.max_connections = {}", server.max_connections);
     let _ = writeln!(out, "server.trusted_proxies = {:?}", server.trusted_proxies);
+    let _ = writeln!(
+        out,
+        "server.tls_handshake_timeout_secs = {}",
+        secs(server.tls_handshake_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "server.header_read_timeout_secs = {}",
+        secs(server.header_read_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "server.shutdown_timeout_secs = {}",
+        secs(server.shutdown_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "server.shutdown_delay_secs = {}",
+        secs(server.shutdown_delay)
+    );
+    let _ = writeln!(out, "server.max_header_bytes = {}", server.max_header_bytes);
+    let _ = writeln!(
+        out,
+        "server.max_request_body_bytes = {}",
+        server.max_request_body_bytes
+    );
+    let _ = writeln!(
+        out,
+        "server.http2_keep_alive_interval_secs = {}",
+        secs(server.http2_keep_alive_interval)
+    );
+    let _ = writeln!(
+        out,
+        "server.http2_keep_alive_timeout_secs = {}",
+        secs(server.http2_keep_alive_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "server.cert_reload_interval_secs = {}",
+        server.cert_reload_interval.map_or(0, secs)
+    );
 
     let session = &config.session;
     let algorithms: Vec<String> = session
@@ -68,7 +115,10 @@ fn describe(config: &Config, fingerprint: &str) -> String {
     let _ = writeln!(out, "session key = {key}");
     let _ = writeln!(out, "session.issuer = {:?}", session.issuer);
     let _ = writeln!(out, "session.audience = {:?}", session.audience);
+    let _ = writeln!(out, "session.leeway_secs = {}", secs(session.leeway));
     let _ = writeln!(out, "session.cookie_name = {:?}", session.cookie_name);
+    let _ = writeln!(out, "session.user_claim = {:?}", session.user_claim);
+    let _ = writeln!(out, "session.grants_claim = {:?}", session.grants_claim);
     let grants: Vec<&str> = session
         .default_grants
         .iter()
@@ -88,6 +138,26 @@ fn describe(config: &Config, fingerprint: &str) -> String {
     }
     let _ = writeln!(
         out,
+        "upstream.cartesia_version = {:?}",
+        upstream.cartesia_version
+    );
+    let _ = writeln!(
+        out,
+        "upstream.connect_timeout_secs = {}",
+        secs(upstream.connect_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "upstream.response_timeout_secs = {}",
+        secs(upstream.response_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "upstream.pool_idle_timeout_secs = {}",
+        secs(upstream.pool_idle_timeout)
+    );
+    let _ = writeln!(
+        out,
         "tokens.lifetime_secs = {}",
         config.tokens.lifetime.as_secs()
     );
@@ -96,16 +166,57 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         "tokens.refresh_margin_secs = {}",
         config.tokens.refresh_margin.as_secs()
     );
+    let tokens = &config.tokens;
+    let _ = writeln!(out, "tokens.cache_capacity = {}", tokens.cache_capacity);
+    let _ = writeln!(out, "tokens.mint_retries = {}", tokens.mint_retries);
+    let _ = writeln!(
+        out,
+        "tokens.mint_retry_delay_ms = {}",
+        tokens.mint_retry_delay.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "tokens.max_failing_mints_per_sec = {}",
+        tokens.max_failing_mints_per_sec
+    );
     let _ = writeln!(
         out,
         "cors.allowed_origins = {:?}",
         config.cors.allowed_origins
     );
+    let _ = writeln!(out, "cors.max_age_secs = {}", secs(config.cors.max_age));
+    let websocket = &config.websocket;
+    let _ = writeln!(
+        out,
+        "websocket.max_lifetime_secs = {}",
+        websocket.max_lifetime.map_or(0, secs)
+    );
+    let _ = writeln!(
+        out,
+        "websocket.idle_timeout_secs = {}",
+        secs(websocket.idle_timeout)
+    );
+    let _ = writeln!(out, "log.level = {:?}", config.log.level);
+    let format = format!("{:?}", config.log.format).to_ascii_lowercase();
+    let _ = writeln!(out, "log.format = {format:?}");
     let _ = writeln!(
         out,
         "Strict-Transport-Security = {:?}",
         config.hsts.header_value()
     );
+    match &config.admin {
+        Some(admin) => {
+            let scheme = if admin.tls { "https" } else { "http" };
+            let _ = writeln!(
+                out,
+                "admin = {scheme}://{} (/metrics, /livez, /readyz)",
+                admin.listen
+            );
+        }
+        None => {
+            let _ = writeln!(out, "admin = off");
+        }
+    }
     match &config.redirect {
         Some(redirect) => {
             let _ = writeln!(

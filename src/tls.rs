@@ -29,7 +29,9 @@ pub enum TlsError {
     Certificate { path: String, reason: String },
     #[error("cannot read private key file {path} (server.key_file): {reason}; {CERT_HINT}")]
     PrivateKey { path: String, reason: String },
-    #[error("the certificate in {cert} does not match the key in {key}: {reason}")]
+    #[error(
+        "the certificate in {cert} (server.cert_file) does not match the key in {key} (server.key_file): {reason}; point both keys at files of the same pair"
+    )]
     Mismatch {
         cert: String,
         key: String,

@@ -1,5 +1,5 @@
 //! The browser-facing and network sections of the configuration file:
-//! `[hsts]`, `[cors]`, `[redirect]`, `[websocket]` and
+//! `[hsts]`, `[cors]`, `[redirect]`, `[websocket]`, `[admin]` and
 //! `server.trusted_proxies`, with their validation.
 
 use std::net::SocketAddr;
@@ -30,6 +30,14 @@ pub(super) struct RawRedirect {
     listen: Option<String>,
     public_host: Option<String>,
     public_port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
+    tls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +162,35 @@ impl RawWebSocket {
                 .filter(|secs| *secs > 0)
                 .map_or(DEFAULT_WEBSOCKET_IDLE_TIMEOUT, Duration::from_secs),
         }
+    }
+}
+
+impl RawAdmin {
+    pub(super) fn validate(
+        self,
+        https_listen: SocketAddr,
+    ) -> Result<Option<AdminConfig>, ConfigError> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("{listen:?} is not an IP address and port, such as \"127.0.0.1:9090\""),
+            )
+        })?;
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        // Port 0 asks the system for a free port, so it never collides.
+        if listen == https_listen && listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                format!("{listen} is server.listen as well; give the admin listener its own port"),
+            ));
+        }
+        Ok(Some(AdminConfig {
+            listen,
+            tls: self.tls.unwrap_or(false),
+        }))
     }
 }
 

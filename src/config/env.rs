@@ -10,7 +10,8 @@ pub const ENV_PREFIX: &str = "CARTESIA_GATEWAY__";
 pub(super) fn apply_overrides(
     table: &mut toml::Table,
     environment: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<Override>, ConfigError> {
+    let mut applied = Vec::new();
     for (name, value) in environment {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -30,9 +31,53 @@ pub(super) fn apply_overrides(
                 "environment variable {name}: `{section}` is not a section"
             )));
         };
-        section_table.insert(key, parse_value(&value));
+        section_table.insert(key.clone(), parse_value(&value));
+        applied.push(Override {
+            key: format!("{section}.{key}"),
+            field: key,
+            variable: name,
+        });
     }
-    Ok(())
+    Ok(applied)
+}
+
+/// A key set by an environment variable.
+pub(super) struct Override {
+    /// `section.key`.
+    pub key: String,
+    /// The key without its section.
+    pub field: String,
+    pub variable: String,
+}
+
+/// Adds the environment variable to an error about a key it set, since
+/// the operator will not find that value in the file.
+pub(super) fn name_variable(error: ConfigError, overrides: &[Override]) -> ConfigError {
+    match error {
+        ConfigError::Invalid { key, message } => {
+            match overrides.iter().find(|applied| applied.key == key) {
+                Some(applied) => ConfigError::Invalid {
+                    message: format!("{message} (set by the environment variable {})", applied.variable),
+                    key,
+                },
+                None => ConfigError::Invalid { key, message },
+            }
+        }
+        ConfigError::Parse(message) => {
+            let named = overrides
+                .iter()
+                .find(|applied| message.contains(&format!("`{}`", applied.field)));
+            match named {
+                Some(applied) => ConfigError::Parse(format!(
+                    "{} (set by the environment variable {})",
+                    message.trim_end(),
+                    applied.variable
+                )),
+                None => ConfigError::Parse(message),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Reads numbers, booleans and arrays as TOML and everything else, dates

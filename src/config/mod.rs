@@ -57,6 +57,10 @@ pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Maximum interval between certificate file checks, in seconds.
 pub const MAX_CERT_RELOAD_INTERVAL_SECS: u64 = 86_400;
+/// Default address of the admin listener (metrics and health probes).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Longest `server.shutdown_delay_secs`, in seconds.
+pub const MAX_SHUTDOWN_DELAY_SECS: u64 = 300;
 /// Default interval between checks of the certificate files for changes.
 pub const DEFAULT_CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a WebSocket may go without a message in either direction;
@@ -146,6 +150,8 @@ pub struct Config {
     /// The plain-HTTP redirect listener; `None` when it is off.
     pub redirect: Option<RedirectConfig>,
     pub websocket: WebSocketConfig,
+    /// The admin listener; `None` when it is off.
+    pub admin: Option<AdminConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +162,9 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Time between the shutdown signal and the end of accepting, during
+    /// which readiness already reports the drain.
+    pub shutdown_delay: Duration,
     /// Peers whose `X-Forwarded-For` and `Forwarded` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open client connections beyond this wait in the listen backlog.
@@ -207,6 +216,14 @@ pub struct RedirectConfig {
     /// header is never used.
     pub public_host: String,
     pub public_port: u16,
+}
+
+/// The listener for `/metrics`, `/livez` and `/readyz`.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Serve HTTPS with the server certificate instead of plain HTTP.
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -305,11 +322,13 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|error| ConfigError::Parse(error.to_string()))?;
-        env::apply_overrides(&mut table, environment)?;
+        let overrides = env::apply_overrides(&mut table, environment)?;
         let raw: raw::RawConfig = table
             .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))?;
+            .map_err(|error: toml::de::Error| ConfigError::Parse(error.to_string()))
+            .map_err(|error| env::name_variable(error, &overrides))?;
         raw.validate()
+            .map_err(|error| env::name_variable(error, &overrides))
     }
 }
 

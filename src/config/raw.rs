@@ -8,7 +8,7 @@ use http::Uri;
 use http::header::HeaderValue;
 use serde::Deserialize;
 
-use super::browser::{RawCors, RawHsts, RawRedirect, RawWebSocket, parse_network};
+use super::browser::{RawAdmin, RawCors, RawHsts, RawRedirect, RawWebSocket, parse_network};
 use super::session::RawSession;
 use super::*;
 
@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     redirect: RawRedirect,
     #[serde(default)]
     websocket: RawWebSocket,
+    #[serde(default)]
+    admin: RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +46,7 @@ struct RawServer {
     tls_handshake_timeout_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    shutdown_delay_secs: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
@@ -87,7 +90,33 @@ impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let redirect = self.redirect.validate(server.listen.port())?;
+        if let Some(redirect) = &redirect
+            && redirect.listen == server.listen
+            && redirect.listen.port() != 0
+        {
+            return Err(ConfigError::invalid(
+                "redirect.listen",
+                format!(
+                    "{} is server.listen as well; the redirect listener needs its own port, such as 80 or 8080",
+                    redirect.listen
+                ),
+            ));
+        }
+        let admin = self.admin.validate(server.listen)?;
+        if let (Some(admin), Some(redirect)) = (&admin, &redirect)
+            && admin.listen == redirect.listen
+            && admin.listen.port() != 0
+        {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                format!(
+                    "{} is redirect.listen as well; give the admin listener its own port",
+                    admin.listen
+                ),
+            ));
+        }
         Ok(Config {
+            admin,
             hsts: self.hsts.validate()?,
             cors: self.cors.validate()?,
             redirect,
@@ -146,6 +175,15 @@ impl RawServer {
             shutdown_timeout: self
                 .shutdown_timeout_secs
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_secs),
+            shutdown_delay: match self.shutdown_delay_secs {
+                Some(secs) if secs > MAX_SHUTDOWN_DELAY_SECS => {
+                    return Err(ConfigError::invalid(
+                        "server.shutdown_delay_secs",
+                        format!("must be at most {MAX_SHUTDOWN_DELAY_SECS}"),
+                    ));
+                }
+                secs => Duration::from_secs(secs.unwrap_or(0)),
+            },
             trusted_proxies: self
                 .trusted_proxies
                 .unwrap_or_default()

@@ -492,6 +492,74 @@ fn zero_shutdown_timeout_is_allowed() {
     assert_eq!(server.shutdown_timeout, Duration::ZERO);
 }
 
+#[test]
+fn shutdown_delay_defaults_to_zero_and_is_capped() {
+    assert_eq!(parse("").server.shutdown_delay, Duration::ZERO);
+    let server = parse("[server]\nshutdown_delay_secs = 300\n").server;
+    assert_eq!(server.shutdown_delay, Duration::from_secs(300));
+    let message = rejection("[server]\nshutdown_delay_secs = 301\n");
+    assert!(message.contains("`server.shutdown_delay_secs`"), "{message}");
+    assert!(message.contains("300"), "{message}");
+}
+
+// Admin listener.
+
+#[test]
+fn admin_listener_is_on_loopback_by_default() {
+    let admin = parse("").admin.unwrap();
+    assert_eq!(admin.listen, DEFAULT_ADMIN_LISTEN.parse::<SocketAddr>().unwrap());
+    assert!(admin.listen.ip().is_loopback());
+    assert!(!admin.tls);
+}
+
+#[test]
+fn admin_listener_can_be_turned_off() {
+    assert!(parse("[admin]\nenabled = false\n").admin.is_none());
+}
+
+#[test]
+fn admin_settings_are_read() {
+    let admin = parse("[admin]\nlisten = \"0.0.0.0:9191\"\ntls = true\n")
+        .admin
+        .unwrap();
+    assert_eq!(admin.listen, "0.0.0.0:9191".parse::<SocketAddr>().unwrap());
+    assert!(admin.tls);
+}
+
+#[test]
+fn admin_listen_must_be_an_address() {
+    assert_rejected_naming("[admin]\nlisten = \"localhost:9090\"\n", "admin.listen");
+}
+
+#[test]
+fn admin_listen_must_differ_from_other_listeners() {
+    assert_rejected_naming(
+        "[server]\nlisten = \"127.0.0.1:9443\"\n[admin]\nlisten = \"127.0.0.1:9443\"\n",
+        "admin.listen",
+    );
+    assert_rejected_naming(
+        "[redirect]\nlisten = \"127.0.0.1:9080\"\npublic_host = \"voice.example.com\"\n\
+         [admin]\nlisten = \"127.0.0.1:9080\"\n",
+        "admin.listen",
+    );
+    // Port 0 picks a free port for each, so they never collide.
+    let config = parse("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    assert!(config.admin.is_some());
+}
+
+#[test]
+fn admin_listen_override_from_environment() {
+    let config = Config::from_toml_str(
+        "",
+        environment(&[("CARTESIA_GATEWAY__ADMIN__LISTEN", "0.0.0.0:9090")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.admin.unwrap().listen,
+        "0.0.0.0:9090".parse::<SocketAddr>().unwrap()
+    );
+}
+
 // Tokens.
 
 #[test]
@@ -879,4 +947,28 @@ fn huge_cert_reload_interval_is_rejected() {
         "[server]\ncert_reload_interval_secs = 9223372036854775807\n",
         "server.cert_reload_interval_secs",
     );
+}
+
+#[test]
+fn errors_from_overrides_name_the_variable() {
+    let bad_value = Config::from_toml_str(
+        "",
+        environment(&[("CARTESIA_GATEWAY__SERVER__LISTEN", "nonsense")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad_value.contains("`server.listen`"), "{bad_value}");
+    assert!(
+        bad_value.contains("CARTESIA_GATEWAY__SERVER__LISTEN"),
+        "{bad_value}"
+    );
+    let unknown = Config::from_toml_str(
+        "",
+        environment(&[("CARTESIA_GATEWAY__SERVER__LISEN", "127.0.0.1:1")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("CARTESIA_GATEWAY__SERVER__LISEN"), "{unknown}");
+    let from_file = rejection("[server]\nlisten = \"nonsense\"\n");
+    assert!(!from_file.contains("environment"), "{from_file}");
 }
