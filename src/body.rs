@@ -14,7 +14,10 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
+
+use crate::access::ByteCount;
 
 /// Body of a response sent to the client.
 pub type ResponseBody = Either<Full<Bytes>, FlushBeforeError<Incoming>>;
@@ -49,6 +52,8 @@ pub struct EndSignal<B> {
     done: Option<oneshot::Sender<()>>,
     remaining: u64,
     exceeded: Arc<AtomicBool>,
+    /// Bytes passed on so far, for the access log.
+    counted: ByteCount,
 }
 
 /// Set once a request body passed its size limit. The HTTP/2 client only
@@ -64,7 +69,13 @@ impl LimitExceeded {
 }
 
 impl<B> EndSignal<B> {
-    pub fn new(inner: B, max_bytes: u64) -> (Self, oneshot::Receiver<()>, LimitExceeded) {
+    /// Wraps `inner`, which may yield at most `max_bytes`, adding what it
+    /// yields to `counted`.
+    pub fn new(
+        inner: B,
+        max_bytes: u64,
+        counted: ByteCount,
+    ) -> (Self, oneshot::Receiver<()>, LimitExceeded) {
         let (sender, receiver) = oneshot::channel();
         let exceeded = LimitExceeded::default();
         let body = EndSignal {
@@ -72,6 +83,7 @@ impl<B> EndSignal<B> {
             done: Some(sender),
             remaining: max_bytes,
             exceeded: Arc::clone(&exceeded.0),
+            counted,
         };
         (body, receiver, exceeded)
     }
@@ -110,6 +122,7 @@ where
                 match self.remaining.checked_sub(len) {
                     Some(remaining) => {
                         self.remaining = remaining;
+                        self.counted.add(len);
                         Poll::Ready(Some(Ok(frame)))
                     }
                     None => {
@@ -145,7 +158,7 @@ impl<B> Drop for EndSignal<B> {
 /// connection write that data before the error ends the stream.
 ///
 /// The error is logged once, at warn, in the span that was current when the
-/// wrapper was made (the request's span).
+/// wrapper was made (the request's span), and counted in `errors`.
 ///
 /// NOTE: data that still cannot be written after that one poll (a client
 /// that reads slowly) is lost as before.
@@ -154,15 +167,17 @@ pub struct FlushBeforeError<B: Body> {
     held: Option<B::Error>,
     /// The request's span until the error has been logged, then `None`.
     span: Option<tracing::Span>,
+    errors: Counter,
 }
 
 impl<B: Body> FlushBeforeError<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B) -> Self {
+    /// Wraps `inner`; a failure of `inner` increments `errors`.
+    pub fn new(inner: B, errors: Counter) -> Self {
         FlushBeforeError {
             inner,
             held: None,
             span: Some(tracing::Span::current()),
+            errors,
         }
     }
 }
@@ -186,6 +201,7 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(error))) => {
                 if let Some(span) = this.span.take() {
+                    this.errors.inc();
                     span.in_scope(|| {
                         tracing::warn!(
                             %error,

@@ -8,6 +8,7 @@
 //! session secret variable is not set, a random secret is used for this run
 //! only.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -105,9 +106,26 @@ pub async fn run(config_path: &Path, shutdown: impl Future<Output = ()>) -> Resu
         )
     })?;
     let addr = listener.local_addr().map_err(|error| error.to_string())?;
+    let admin = match &gateway.config().admin {
+        Some(admin) => Some(TcpListener::bind(admin.listen).await.map_err(|error| {
+            format!(
+                "cannot listen on {} (admin.listen): {error}; \
+                 free the port, set {ENV_PREFIX}ADMIN__LISTEN=127.0.0.1:<port> \
+                 or {ENV_PREFIX}ADMIN__ENABLED=false",
+                admin.listen
+            )
+        })?),
+        None => None,
+    };
+    let admin_addr = match &admin {
+        Some(listener) => Some(listener.local_addr().map_err(|error| error.to_string())?),
+        None => None,
+    };
 
-    print_instructions(addr.port(), &certs.ca_file, &session);
-    let served = crate::serve(listener, Arc::new(gateway), shutdown).await;
+    print_instructions(addr.port(), &certs.ca_file, &session, admin_addr);
+    let gateway = Arc::new(gateway);
+    let main = crate::serve(listener, Arc::clone(&gateway), shutdown);
+    let served = crate::admin::serve_alongside(admin, gateway, main).await;
     let _ = stop_stand_in.send(());
     let _ = stand_in_task.await;
     served.map_err(|error| error.to_string())
@@ -149,10 +167,13 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-fn print_instructions(port: u16, ca_file: &Path, session: &str) {
+fn print_instructions(port: u16, ca_file: &Path, session: &str, admin: Option<SocketAddr>) {
     // An absolute CA path keeps the commands working from any directory.
     let ca_file = std::path::absolute(ca_file).unwrap_or_else(|_| ca_file.to_owned());
     println!("{}", instructions(port, &ca_file, session));
+    if let Some(admin) = admin {
+        println!("Metrics: curl http://{admin}/metrics   Readiness: curl http://{admin}/readyz\n");
+    }
 }
 
 /// Builds the text the demo prints: the URL, the session and commands that

@@ -12,10 +12,13 @@ use hyper::body::Incoming;
 use jsonwebtoken::DecodingKey;
 use tracing::Instrument;
 
+use crate::access::{AccessBody, AccessRecord};
 use crate::body::ResponseBody;
 use crate::config::{API_KEY_ENV, Config, ConfigError};
 use crate::cors::{self, CorsPolicy, OriginCheck};
 use crate::error::{GatewayError, Side};
+use crate::health::{Health, Readiness};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::routes::{Route, RouteKind};
 use crate::secret::Secret;
 use crate::session::{self, CredentialSource, Session, SessionVerifier};
@@ -47,7 +50,12 @@ pub struct Gateway {
     pub(crate) cors: CorsPolicy,
     /// `Strict-Transport-Security`, sent on every HTTPS response.
     hsts: HeaderValue,
+    pub(crate) metrics: SharedMetrics,
+    pub(crate) health: Arc<Health>,
 }
+
+/// The body of every response the gateway sends on the HTTPS listener.
+pub type ClientBody = AccessBody<ResponseBody>;
 
 /// A request that passed the session and grant checks, with its token.
 pub struct Authorized {
@@ -81,6 +89,8 @@ impl Gateway {
         let api_key = load_api_key(&config, &read_env)?;
         let session_key: DecodingKey = session::load_decoding_key(&config.session, &read_env)?;
         let upstream = Arc::new(Upstream::new(&config.upstream, client_tls));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new());
         let cors = CorsPolicy::new(
             config.cors.allowed_origins.clone(),
             config.cors.max_age.as_secs(),
@@ -89,11 +99,19 @@ impl Gateway {
             sessions: SessionVerifier::new(&config.session, session_key),
             cors,
             hsts: config.hsts.header_value(),
-            tokens: TokenCache::new(&config.tokens, Arc::clone(&upstream), &api_key),
+            tokens: TokenCache::new(
+                &config.tokens,
+                Arc::clone(&upstream),
+                &api_key,
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            ),
             upstream,
             tls,
             certificate,
             config,
+            metrics,
+            health,
         })
     }
 
@@ -103,6 +121,49 @@ impl Gateway {
 
     pub fn server_tls(&self) -> ServerTls {
         Arc::clone(&self.tls)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Checks readiness now. While a permanent mint failure makes the
+    /// gateway unready, this also starts a background mint at most every
+    /// [`crate::health::MINT_RECHECK_INTERVAL`], whose success clears it.
+    pub fn readiness(self: &Arc<Self>) -> Readiness {
+        let certificate = self.certificate.current();
+        let readiness = self
+            .health
+            .readiness(certificate.cert.first(), std::time::SystemTime::now());
+        self.metrics.set_ready(readiness.ready);
+        if self.health.take_mint_recheck(Instant::now()) && !self.health.is_shutting_down() {
+            let gateway = Arc::clone(self);
+            tokio::spawn(async move {
+                tracing::info!("checking whether minting works again");
+                gateway.tokens.recheck().await;
+            });
+        }
+        readiness
+    }
+
+    /// The metrics in the OpenMetrics text format, with the readiness and
+    /// certificate gauges brought up to date first.
+    pub fn render_metrics(self: &Arc<Self>) -> String {
+        self.readiness();
+        let certificate = self.certificate.current();
+        if let Some(validity) = certificate
+            .cert
+            .first()
+            .and_then(|der| crate::cert_validity::validity(der.as_ref()).ok())
+        {
+            self.metrics
+                .set_certificate_expiry(validity.not_after_unix_seconds());
+        }
+        self.metrics.render()
     }
 
     /// Loads `server.cert_file` and `server.key_file` again and, if the key
@@ -118,7 +179,7 @@ impl Gateway {
         self: Arc<Self>,
         request: Request<Incoming>,
         connection: Connection,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ClientBody> {
         let started = Instant::now();
         let method = request.method().clone();
         let route = Route::from_path(request.uri().path());
@@ -126,6 +187,14 @@ impl Gateway {
             connection.peer,
             request.headers(),
             &self.config.server.trusted_proxies,
+        );
+        let mut record = AccessRecord::new(
+            started,
+            Arc::clone(&self.metrics),
+            client_ip,
+            method.clone(),
+            route,
+            request.uri().query(),
         );
         let span = tracing::info_span!(
             "req",
@@ -137,7 +206,10 @@ impl Gateway {
             let origin = self.cors.check(request.headers());
             let result = match route {
                 None => Err(GatewayError::NotFound),
-                Some(route) => self.dispatch(route, request, &connection, &origin).await,
+                Some(route) => {
+                    self.dispatch(route, request, &connection, &origin, &mut record)
+                        .await
+                }
             };
             let mut response = match result {
                 Ok(response) => {
@@ -149,12 +221,13 @@ impl Gateway {
                     response
                 }
                 Err(error) => {
-                    log_error(&error);
+                    self.record_error(&error, &mut record);
                     error.to_response()
                 }
             };
             self.add_response_headers(&mut response, &origin);
-            response
+            record.response_head(response.status().as_u16());
+            response.map(|body| AccessBody::new(body, record))
         }
         .instrument(span)
         .await
@@ -182,6 +255,7 @@ impl Gateway {
         mut request: Request<Incoming>,
         connection: &Connection,
         origin: &OriginCheck,
+        record: &mut AccessRecord,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         if cors::is_preflight(request.method(), request.headers()) {
             return match origin {
@@ -208,7 +282,8 @@ impl Gateway {
                 let authorized = self
                     .authorize(route, request.headers(), request.uri().query(), origin)
                     .await?;
-                proxy::forward(self, request, &authorized).await
+                record.set_user(&authorized.session.user_id, authorized.token_source);
+                proxy::forward(self, request, &authorized, record).await
             }
             RouteKind::WebSocket => {
                 let handshake = websocket::ClientHandshake::validate(&mut request)?;
@@ -218,7 +293,8 @@ impl Gateway {
                 let authorized = self
                     .authorize(route, request.headers(), request.uri().query(), origin)
                     .await?;
-                websocket::forward(self, request, handshake, &authorized, connection).await
+                record.set_user(&authorized.session.user_id, authorized.token_source);
+                websocket::forward(self, request, handshake, &authorized, connection, record).await
             }
         }
     }
@@ -258,6 +334,8 @@ impl Gateway {
             .get(&session.user_id, grant)
             .await
             .map_err(GatewayError::Mint)?;
+        self.metrics
+            .token_lookup(token_source == TokenSource::Cache);
         tracing::debug!(
             user.id = %session.user_id,
             credential = credential.as_str(),
@@ -275,33 +353,49 @@ impl Gateway {
     }
 }
 
-/// Logs an error once, at the level its side calls for.
-fn log_error(error: &GatewayError) {
-    match (error, error.side()) {
-        (GatewayError::Session(session), _) => {
-            tracing::info!(reason = session.reason(), "session rejected");
+impl Gateway {
+    /// Logs an error once, at the level its side calls for, counts it, and
+    /// gives the access record its reason: for a session rejection the same
+    /// reason as the `session_rejections_total` metric, otherwise the
+    /// error's stable code.
+    ///
+    /// Denials (session, grant, origin) are logged at debug here because
+    /// the access event already reports them at info with their reason.
+    fn record_error(&self, error: &GatewayError, record: &mut AccessRecord) {
+        match error {
+            GatewayError::Session(session) => record.set_reason(session.reason()),
+            other => record.set_reason(other.parts().1),
         }
-        (GatewayError::GrantMissing { grant }, _) => {
-            tracing::info!(
-                reason = "grant_missing",
-                grant = grant.as_str(),
-                "request denied"
-            );
+        match error {
+            GatewayError::Session(session) => self.metrics.session_rejected(session.reason()),
+            GatewayError::GrantMissing { .. } => self.metrics.session_rejected("grant_missing"),
+            GatewayError::UpstreamConnect(_) => self.metrics.upstream_error("connect"),
+            GatewayError::UpstreamTimeout => self.metrics.upstream_error("timeout"),
+            GatewayError::UpstreamHandshake(_) => {
+                self.metrics.upstream_error("websocket_handshake");
+            }
+            _ => {}
         }
-        (GatewayError::OriginNotAllowed, _) => {
-            tracing::info!(reason = "origin_not_allowed", "request denied");
+        match (error, error.side()) {
+            (GatewayError::Session(session), _) => {
+                tracing::debug!(reason = session.reason(), "session rejected");
+            }
+            (GatewayError::GrantMissing { grant }, _) => {
+                tracing::debug!(
+                    reason = "grant_missing",
+                    grant = grant.as_str(),
+                    "request denied"
+                );
+            }
+            (GatewayError::Mint(mint), _) if matches!(**mint, MintError::Throttled) => {
+                // Every request during an outage ends here; the failing mint
+                // attempts themselves are logged at warn.
+                tracing::debug!(error = %error, "mint throttled while Cartesia is failing");
+            }
+            (_, Side::Client) => tracing::debug!(error = %error, "client error"),
+            (_, Side::Upstream) => tracing::warn!(error = %error, "upstream error"),
+            (_, Side::Gateway) => tracing::warn!(error = %error, "internal error"),
         }
-        (GatewayError::OriginRequired, _) => {
-            tracing::info!(reason = "origin_required", "request denied");
-        }
-        (GatewayError::Mint(mint), _) if matches!(**mint, MintError::Throttled) => {
-            // Every request during an outage ends here; the failing mint
-            // attempts themselves are logged at warn.
-            tracing::debug!(error = %error, "mint throttled while Cartesia is failing");
-        }
-        (_, Side::Client) => tracing::debug!(error = %error, "client error"),
-        (_, Side::Upstream) => tracing::warn!(error = %error, "upstream error"),
-        (_, Side::Gateway) => tracing::warn!(error = %error, "internal error"),
     }
 }
 

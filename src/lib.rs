@@ -6,8 +6,10 @@
 //! - [`config`] parses and validates the TOML config and its environment overrides.
 //! - [`tls`] builds the rustls server and client configs.
 //! - [`cert_reload`] replaces the server certificate when its files change or on SIGHUP.
+//! - [`cert_validity`] reads a certificate's validity period from its DER encoding.
 //! - [`server`] accepts TLS connections and serves HTTP/1.1 and HTTP/2 until shutdown.
 //! - [`gateway`] contains the shared state and runs each request through the checks.
+//! - [`admin`] serves metrics and health probes on the admin listener.
 //! - [`redirect`] serves the optional plain-HTTP listener that only redirects to HTTPS.
 //! - [`cors`] applies the allowed-origin list: CORS responses and origin checks.
 //! - [`forwarded`] finds the client address, believing proxies only when trusted.
@@ -24,19 +26,27 @@
 //! - [`secret`] keeps secrets out of logs.
 //! - [`shutdown`] coordinates graceful shutdown.
 //! - [`telemetry`] sets up logging.
+//! - [`access`] writes one access event per request or WebSocket session.
+//! - [`metrics`] holds the Prometheus metrics.
+//! - [`health`] decides liveness and readiness.
 //! - `demo` (feature `stand-in`) runs the stand-in and the gateway together.
 //! - `devcert` (feature `stand-in`) creates development certificates.
 //! - `stand_in` (feature `stand-in`) is a local fake of the Cartesia API for
 //!   tests and the demo; the gateway itself never uses it.
 
+pub mod access;
+pub mod admin;
 pub mod body;
 pub mod cert_reload;
+pub mod cert_validity;
 pub mod check;
 pub mod config;
 pub mod cors;
 pub mod error;
 pub mod forwarded;
 pub mod gateway;
+pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod query;
 pub mod redirect;

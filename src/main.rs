@@ -99,6 +99,10 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         let gateway = Gateway::new(config, |name| std::env::var(name).ok())
             .map_err(|error| error.to_string())?;
         let listener = bind(listen, "server.listen").await?;
+        let admin = match &gateway.config().admin {
+            Some(admin) => Some(bind(admin.listen, "admin.listen").await?),
+            None => None,
+        };
         let redirect = match redirect_config {
             Some(redirect) => Some((bind(redirect.listen, "redirect.listen").await?, redirect)),
             None => None,
@@ -116,7 +120,8 @@ fn run(config_path: PathBuf) -> Result<(), String> {
                 },
             ))
         });
-        let served = cartesia_gateway::serve(listener, gateway, shutdown_signal()).await;
+        let main = cartesia_gateway::serve(listener, Arc::clone(&gateway), shutdown_signal());
+        let served = cartesia_gateway::admin::serve_alongside(admin, gateway, main).await;
         let _ = stop_redirects.send(());
         if let Some(task) = redirect_task {
             let _ = task.await;

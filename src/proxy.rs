@@ -35,6 +35,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::access::AccessRecord;
 use crate::body::{BodyTooLarge, EndSignal, ResponseBody, UpstreamBody};
 use crate::error::GatewayError;
 use crate::gateway::{Authorized, Gateway};
@@ -60,6 +61,7 @@ pub async fn forward(
     gateway: &Gateway,
     request: Request<Incoming>,
     authorized: &Authorized,
+    record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let route = authorized.route;
     let (mut parts, body) = request.into_parts();
@@ -83,7 +85,7 @@ pub async fn forward(
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
     });
-    let (body, body_done, exceeded) = EndSignal::new(body, max_body);
+    let (body, body_done, exceeded) = EndSignal::new(body, max_body, record.bytes_in());
     let request = Request::from_parts(parts, Either::Right(body));
 
     let mut response = send(
@@ -103,13 +105,29 @@ pub async fn forward(
     if response.status() == StatusCode::UNAUTHORIZED {
         response = resend_after_rejection(gateway, authorized, replay, response).await?;
     }
+    Ok(pass_response(gateway, response, record))
+}
+
+/// Turns an upstream response into the client's: records its status,
+/// counts a 5xx as an upstream error and filters the headers. The body is
+/// passed on as it streams.
+pub fn pass_response(
+    gateway: &Gateway,
+    response: Response<Incoming>,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
+    record.set_upstream_status(parts.status.as_u16());
+    if parts.status.is_server_error() {
+        gateway.metrics.upstream_error("status_5xx");
+    }
     upstream::prepare_response_headers(&mut parts.headers);
     parts.version = Version::default();
-    Ok(Response::from_parts(
+    let errors = gateway.metrics.upstream_error_counter("response_body");
+    Response::from_parts(
         parts,
-        Either::Right(crate::body::FlushBeforeError::new(body)),
-    ))
+        Either::Right(crate::body::FlushBeforeError::new(body, errors)),
+    )
 }
 
 /// Handles a 401 to the first try: evicts the token and, when `replay` is

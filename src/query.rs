@@ -24,6 +24,42 @@ pub fn values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Cow<'a,
     })
 }
 
+/// Most parameters [`redacted`] lists before it stops.
+const MAX_LOGGED_PARAMS: usize = 32;
+/// Longest parameter name [`redacted`] shows.
+const MAX_LOGGED_NAME: usize = 40;
+
+/// The query for logs: each parameter's name followed by `=<redacted>` when
+/// it has a value. A name longer than 40 bytes or with characters other
+/// than ASCII letters, digits, `_`, `-`, `.`, `[` and `]` is shown as `?`,
+/// so a credential sent where a name belongs is not logged either. After
+/// 32 parameters, `&...` stands for the rest.
+pub fn redacted(query: &str) -> String {
+    let mut out = String::new();
+    for (index, pair) in query.split('&').enumerate() {
+        if index > 0 {
+            out.push('&');
+        }
+        if index == MAX_LOGGED_PARAMS {
+            out.push_str("...");
+            break;
+        }
+        let (name, value) = match pair.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (pair, false),
+        };
+        let plain = name.len() <= MAX_LOGGED_NAME
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"_-.[]".contains(&byte));
+        out.push_str(if plain { name } else { "?" });
+        if value {
+            out.push_str("=<redacted>");
+        }
+    }
+    out
+}
+
 /// The query string to send upstream.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Rewritten<'a> {
@@ -296,5 +332,21 @@ mod proptests {
             let found: Vec<Cow<str>> = values(&query, "access_token").collect();
             prop_assert_eq!(found.last().map(Cow::as_ref), Some(token.as_str()));
         }
+    }
+
+    #[test]
+    fn redacted_keeps_names_and_hides_values() {
+        assert_eq!(
+            redacted("model_id=ink&access_token=eyJ.a.b&flag"),
+            "model_id=<redacted>&access_token=<redacted>&flag"
+        );
+        assert_eq!(redacted(""), "");
+        let token_as_name = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        assert_eq!(redacted(token_as_name), "?");
+        assert_eq!(redacted("a%20b=1"), "?=<redacted>");
+        let many = vec!["p=1"; 40].join("&");
+        let logged = redacted(&many);
+        assert_eq!(logged.matches("p=<redacted>").count(), MAX_LOGGED_PARAMS);
+        assert!(logged.ends_with("&..."), "{logged}");
     }
 }

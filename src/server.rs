@@ -58,6 +58,23 @@ pub async fn serve(
         .map(|interval| cert_reload::watch(Arc::clone(&gateway), interval));
     let connection_slots = Arc::new(Semaphore::new(gateway.config().server.max_connections));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    // Readiness turns false at the signal; accepting goes on for
+    // `server.shutdown_delay`, so load balancers stop sending connections
+    // before the listener closes.
+    let delay = gateway.config().server.shutdown_delay;
+    let health_gateway = Arc::clone(&gateway);
+    let shutdown = async move {
+        shutdown.await;
+        health_gateway.health().begin_shutdown();
+        health_gateway.metrics().set_ready(false);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_secs = delay.as_secs(),
+                "shutdown started; readiness is false and the listener closes after the delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, new connections wait in the kernel's
@@ -116,6 +133,7 @@ async fn serve_connection(
     gateway: Arc<Gateway>,
 ) {
     let mut shutdown = connection.shutdown.clone();
+    let _open = gateway.metrics().connection_opened();
     let _ = stream.set_nodelay(true);
     let handshake_timeout = gateway.config().server.tls_handshake_timeout;
     let tls = match tokio::time::timeout(handshake_timeout, accept_tls(stream, &acceptor)).await {

@@ -25,6 +25,8 @@ use http::header::HeaderValue;
 use moka::ops::compute::Op;
 
 use crate::config::TokenConfig;
+use crate::health::Health;
+use crate::metrics::SharedMetrics;
 use crate::routes::{Grant, Grants};
 use crate::secret::Secret;
 use crate::upstream::Upstream;
@@ -94,6 +96,18 @@ pub enum MintError {
 }
 
 impl MintError {
+    /// The `result` label of a mint that failed this way.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            MintError::Rejected(_) => "rejected",
+            MintError::Status(_) => "server_error",
+            MintError::Transport(_) | MintError::Body => "transport_error",
+            MintError::Timeout => "timeout",
+            MintError::InvalidResponse => "invalid_response",
+            MintError::Throttled => "throttled",
+        }
+    }
+
     /// Returns whether a later attempt may succeed: true for a 5xx, a
     /// timeout, a transport failure, or no budget for an attempt.
     pub fn is_transient(&self) -> bool {
@@ -131,14 +145,21 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(config: &TokenConfig, upstream: Arc<Upstream>, api_key: &Secret) -> Self {
+    /// Creates an empty cache whose mints report to `metrics` and `health`.
+    pub fn new(
+        config: &TokenConfig,
+        upstream: Arc<Upstream>,
+        api_key: &Secret,
+        metrics: SharedMetrics,
+        health: Arc<Health>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(config.cache_capacity)
             .expire_after(UntilReuseEnds)
             .build();
         TokenCache {
             cache,
-            minter: Minter::new(upstream, api_key, config),
+            minter: Minter::new(upstream, api_key, config, metrics, health),
             reuse_for: config.lifetime - config.refresh_margin,
         }
     }
@@ -161,6 +182,16 @@ impl TokenCache {
             TokenSource::Cache
         };
         Ok((entry.into_value(), source))
+    }
+
+    /// Mints one token outside the cache and drops it, to find out whether
+    /// minting works; the outcome reaches the metrics and readiness like any
+    /// other mint.
+    pub async fn recheck(&self) {
+        match self.minter.mint(Grant::Tts, Duration::ZERO).await {
+            Ok(_) => tracing::info!("minting works again"),
+            Err(error) => tracing::warn!(%error, "minting still fails"),
+        }
     }
 
     /// Drops `rejected`, the token of `user_id` for `grant`, from the cache.

@@ -417,6 +417,9 @@ audience = "cartesia-gateway-tests"
 
 [upstream]
 base_url = "https://127.0.0.1:9"
+
+[admin]
+listen = "127.0.0.1:0"
 "#,
         cert = certs.cert_file.display(),
         key = certs.key_file.display(),

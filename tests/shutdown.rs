@@ -575,6 +575,9 @@ audience = "cartesia-gateway-tests"
 base_url = "https://{upstream}"
 ca_file = "{ca}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
 level = "info"
 "#,

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use super::limits::{FailingMints, LogInterval};
 use super::{MintError, MintedToken};
 use crate::config::TokenConfig;
+use crate::health::Health;
+use crate::metrics::SharedMetrics;
 use crate::routes::Grant;
 use crate::secret::{self, Secret};
 use crate::upstream::{CARTESIA_VERSION, Upstream};
@@ -33,6 +35,8 @@ pub(super) struct Minter {
     retry_delay: Duration,
     failing: FailingMints,
     key_rejected_log: LogInterval,
+    metrics: SharedMetrics,
+    health: Arc<Health>,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +45,13 @@ struct MintResponse {
 }
 
 impl Minter {
-    pub(super) fn new(upstream: Arc<Upstream>, api_key: &Secret, config: &TokenConfig) -> Self {
+    pub(super) fn new(
+        upstream: Arc<Upstream>,
+        api_key: &Secret,
+        config: &TokenConfig,
+        metrics: SharedMetrics,
+        health: Arc<Health>,
+    ) -> Self {
         let uri = upstream.uri("/access-token", None);
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", api_key.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
@@ -55,6 +65,8 @@ impl Minter {
             retry_delay: config.mint_retry_delay,
             failing: FailingMints::new(config.max_failing_mints_per_sec),
             key_rejected_log: LogInterval::new(KEY_REJECTED_LOG_INTERVAL),
+            metrics,
+            health,
         }
     }
 
@@ -73,11 +85,14 @@ impl Minter {
                     grant = grant.as_str(),
                     "no mint attempt: tokens.max_failing_mints_per_sec is used up"
                 );
+                self.metrics
+                    .token_mint(MintError::Throttled.result_label(), None);
                 return Err(last_error.unwrap_or(MintError::Throttled));
             }
             let started = Instant::now();
             let result = self.attempt(grant).await;
             self.failing.record(result.is_ok());
+            self.report(&result, started.elapsed());
             let error = match result {
                 Ok(mut token) => {
                     token.reuse_until = started + reuse_for;
@@ -100,6 +115,24 @@ impl Minter {
             );
             last_error = Some(error);
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Counts an attempt and tells readiness whether minting works.
+    fn report(&self, result: &Result<MintedToken, MintError>, duration: Duration) {
+        match result {
+            Ok(_) => {
+                self.metrics.token_mint("success", Some(duration));
+                self.health.mint_result(None);
+            }
+            Err(error) => {
+                self.metrics
+                    .token_mint(error.result_label(), Some(duration));
+                if !error.is_transient() {
+                    self.health
+                        .mint_result(Some(format!("the last token mint failed: {error}")));
+                }
+            }
         }
     }
 

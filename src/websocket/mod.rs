@@ -44,9 +44,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::Instrument;
 
+use crate::access::{AccessRecord, WebSocketEnd};
 use crate::body::{self, ResponseBody};
 use crate::error::GatewayError;
 use crate::gateway::{Authorized, Connection, Gateway};
+use crate::metrics::{Direction, SharedMetrics};
 use crate::query;
 use crate::shutdown::Shutdown;
 use crate::tokens::TokenSource;
@@ -60,6 +62,7 @@ pub async fn forward(
     client: ClientHandshake,
     authorized: &Authorized,
     connection: &Connection,
+    record: &mut AccessRecord,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let upstream = &gateway.upstream;
     let (mut parts, _body) = request.into_parts();
@@ -100,18 +103,13 @@ pub async fn forward(
 
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream rejected the upgrade: relay its response as a plain response.
-        let (mut parts, body) = response.into_parts();
-        upstream::prepare_response_headers(&mut parts.headers);
-        parts.version = Version::default();
         tracing::debug!(
-            status = parts.status.as_u16(),
+            status = response.status().as_u16(),
             "upstream refused the WebSocket upgrade"
         );
-        return Ok(Response::from_parts(
-            parts,
-            Either::Right(crate::body::FlushBeforeError::new(body)),
-        ));
+        return Ok(crate::proxy::pass_response(gateway, response, record));
     }
+    record.set_upstream_status(StatusCode::SWITCHING_PROTOCOLS.as_u16());
 
     let protocol = check_upstream_answer(response.headers(), &key, client.protocols.as_ref())
         .map_err(GatewayError::UpstreamHandshake)?;
@@ -130,6 +128,10 @@ pub async fn forward(
         authorized,
         connection.clone(),
         limits,
+        Relayed {
+            metrics: std::sync::Arc::clone(&gateway.metrics),
+            record: record.hand_over(),
+        },
     );
 
     let mut answer = Response::new(body::empty());
@@ -215,6 +217,13 @@ fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// What the relay reports to when the WebSocket ends.
+struct Relayed {
+    metrics: SharedMetrics,
+    /// The handshake's access record, written when the relay ends.
+    record: AccessRecord,
+}
+
 /// Starts the relay task, which waits for both upgrades to complete.
 fn spawn_relay(
     client_upgrade: hyper::upgrade::OnUpgrade,
@@ -222,20 +231,28 @@ fn spawn_relay(
     authorized: &Authorized,
     connection: Connection,
     limits: CloseLimits,
+    relayed: Relayed,
 ) {
+    let route = authorized.route;
     let span = tracing::info_span!(
         "websocket",
         route = authorized.route.path(),
         user.id = %authorized.session.user_id,
     );
     let task = async move {
+        let Relayed {
+            metrics,
+            mut record,
+        } = relayed;
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(both) => both,
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade did not complete");
+                record.set_reason(crate::access::CLIENT_CLOSED);
                 return;
             }
         };
+        let _open = metrics.websocket_opened(route);
         let client =
             WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
         let upstream =
@@ -248,7 +265,21 @@ fn spawn_relay(
         // keeps the drain waiting until the close handshake is done.
         let _drain_guard = connection.shutdown.clone();
         let stop = limits.reached(connection.shutdown);
-        let summary = relay(client, upstream, stop, idle_timeout).await;
+        let traffic = [
+            metrics.websocket_traffic(Direction::ClientToUpstream),
+            metrics.websocket_traffic(Direction::UpstreamToClient),
+        ];
+        let summary = relay(client, upstream, stop, idle_timeout, traffic).await;
+        let closed_by = summary.closed_by.as_str();
+        metrics.websocket_closed(closed_by);
+        record.websocket_closed(
+            WebSocketEnd {
+                close_code: summary.close_code,
+                closed_by,
+            },
+            summary.client_bytes,
+            summary.upstream_bytes,
+        );
         tracing::debug!(
             closed_by = summary.closed_by.as_str(),
             close.code = summary.close_code,

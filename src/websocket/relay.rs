@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::metrics::Traffic;
+
 /// Time the relay waits for the far side to reply to a close frame.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,21 +73,42 @@ enum PumpEnd {
     WriteFailed,
 }
 
-#[derive(Default)]
+/// Messages and payload bytes of one direction: kept for the summary and
+/// added to the gateway's metrics as they pass.
 struct Counts {
     messages: u64,
     bytes: u64,
+    traffic: Traffic,
+}
+
+impl Counts {
+    fn new(traffic: Traffic) -> Self {
+        Counts {
+            messages: 0,
+            bytes: 0,
+            traffic,
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.messages += 1;
+        self.bytes += bytes;
+        self.traffic.message(bytes);
+    }
 }
 
 /// Relays messages until both sides have closed, one side has vanished,
 /// no message has passed in either direction for `idle_timeout` (the client
 /// then gets 1001), or `stop` completes with the close frame to send to the
 /// client.
+///
+/// `traffic` counts messages from the client, then from the upstream.
 pub async fn relay<C, U>(
     client: WebSocketStream<C>,
     upstream: WebSocketStream<U>,
     stop: impl Future<Output = CloseFrame>,
     idle_timeout: Duration,
+    traffic: [Traffic; 2],
 ) -> RelaySummary
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -93,8 +116,9 @@ where
 {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut upstream_tx, mut upstream_rx) = upstream.split();
-    let mut from_client = Counts::default();
-    let mut from_upstream = Counts::default();
+    let [client_traffic, upstream_traffic] = traffic;
+    let mut from_client = Counts::new(client_traffic);
+    let mut from_upstream = Counts::new(upstream_traffic);
     let activity = Activity::new();
 
     let (closed_by, close_code, follow_up) = {
@@ -261,8 +285,7 @@ where
             let _ = tx.send(Message::Close(frame.clone())).await;
             return PumpEnd::Closed(frame);
         }
-        counts.messages += 1;
-        counts.bytes += message.len() as u64;
+        counts.add(message.len() as u64);
         if let Err(error) = tx.send(message).await {
             tracing::debug!(%error, "WebSocket write failed");
             return PumpEnd::WriteFailed;

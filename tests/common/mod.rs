@@ -44,6 +44,9 @@ pub struct Harness {
     pub stand_in: StandIn,
     pub stand_in_addr: SocketAddr,
     pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    /// The admin listener's address, when [`Options::admin`] is set.
+    pub admin_addr: Option<SocketAddr>,
     stop_gateway: Option<oneshot::Sender<()>>,
     stop_stand_in: Option<oneshot::Sender<()>>,
     gateway_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -60,8 +63,12 @@ pub struct Options {
     pub cors: &'static str,
     pub hsts: &'static str,
     pub websocket: &'static str,
+    /// TOML appended to the `[admin]` section.
+    pub admin_section: &'static str,
     /// Replaces the upstream base URL (the stand-in's by default).
     pub upstream_url: Option<String>,
+    /// Runs the admin listener on an ephemeral 127.0.0.1 port.
+    pub admin: bool,
 }
 
 impl Harness {
@@ -123,6 +130,9 @@ allowed_origins = ["{APP_ORIGIN}"]
 [websocket]
 {websocket}
 
+[admin]
+{admin}
+
 [log]
 level = "trace"
 "#,
@@ -136,6 +146,7 @@ level = "trace"
             cors = options.cors,
             hsts = options.hsts,
             websocket = options.websocket,
+            admin = options.admin_section,
         );
         let config = Config::from_toml_str(&text, std::iter::empty()).unwrap();
         let gateway = Gateway::new(config, |name| match name {
@@ -146,13 +157,23 @@ level = "trace"
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = if options.admin {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().unwrap());
+        let gateway = Arc::new(gateway);
         let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
-        let gateway_task = tokio::spawn(cartesia_gateway::serve(
-            listener,
-            Arc::new(gateway),
-            async move {
-                let _ = gateway_stopped.await;
-            },
+        let main = cartesia_gateway::serve(listener, Arc::clone(&gateway), async move {
+            let _ = gateway_stopped.await;
+        });
+        let gateway_task = tokio::spawn(cartesia_gateway::admin::serve_alongside(
+            admin_listener,
+            Arc::clone(&gateway),
+            main,
         ));
         Harness {
             dir,
@@ -160,6 +181,8 @@ level = "trace"
             stand_in,
             stand_in_addr,
             addr,
+            gateway,
+            admin_addr,
             stop_gateway: Some(stop_gateway),
             stop_stand_in: Some(stop_stand_in),
             gateway_task: Some(gateway_task),
@@ -225,6 +248,46 @@ level = "trace"
             .map(|(socket, _)| socket)
     }
 
+    /// Sends a `GET` to the admin listener over plain HTTP and returns the
+    /// status, `Content-Type` and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String, String) {
+        let addr = self
+            .admin_addr
+            .expect("the harness runs the admin listener");
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    /// Sends the stop signal without waiting for the drain.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop_gateway.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for a stopped gateway (and its admin listener) to finish.
+    pub async fn wait_stopped(&mut self) {
+        if let Some(task) = self.gateway_task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop_gateway.take() {
@@ -245,6 +308,18 @@ impl Drop for Harness {
             let _ = stop.send(());
         }
     }
+}
+
+/// The value of the sample whose name and labels are `series`, such as
+/// `cartesia_gateway_requests_total{route="/tts/bytes",status_class="2xx"}`,
+/// in a metrics text; 0 when the series is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Signs `claims` with the test session secret (HS256).
