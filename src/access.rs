@@ -26,7 +26,7 @@ use crate::metrics::SharedMetrics;
 use crate::routes::Route;
 use crate::tokens::TokenSource;
 
-/// The tracing target of access events (the event macro names it literally).
+/// The tracing target of access events.
 pub const TARGET: &str = "access";
 
 /// `reason` of a request whose client went away before the response ended.
@@ -214,7 +214,7 @@ impl Facts {
             "request"
         };
         tracing::info!(
-            target: "access",
+            target: TARGET,
             client_addr = %self.client_addr,
             user_id = self.user_id.as_deref(),
             method = %self.method,

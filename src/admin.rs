@@ -3,7 +3,7 @@
 //! It serves plain HTTP unless `admin.tls` is set, so it belongs on
 //! loopback or on an address only the kubelet and Prometheus reach, such as
 //! a Pod's own IP behind a NetworkPolicy. It never forwards to Cartesia,
-//! reads no session and sets no cookie. Answers:
+//! reads no session and sets no cookie. Endpoints:
 //! - `/livez`: 200 `{"status":"ok"}` while the process serves.
 //! - `/readyz`: 200 when ready, else 503; the body lists each check, `"ok"`
 //!   or why it fails (see [`crate::health`]).
@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::gateway::Gateway;
 use crate::shutdown::ShutdownController;
 
-/// Open admin connections at most; probes and scrapes need few.
+/// Maximum open admin connections. Probes and scrapes need few.
 const MAX_CONNECTIONS: usize = 64;
 /// Time a client has to finish the TLS handshake or send its request head.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,7 +5,7 @@
 //!   shutdown signal arrives, before the listener closes;
 //! - the certificate it serves is within its validity period;
 //! - the Cartesia API key is present (the gateway does not start without
-//!   one, so this holds once it runs);
+//!   one, so this is true once it runs);
 //! - the last call to `POST /access-token` did not fail with a permanent
 //!   error (a 4xx, such as a rejected API key, or a malformed answer).
 //!   Transient failures (5xx, timeouts) leave readiness alone, since the

@@ -46,7 +46,7 @@ impl<'a> MakeWriter<'a> for CapturedLog {
 }
 
 impl CapturedLog {
-    /// The `fields` of every access event written so far.
+    /// Returns the `fields` of every access event written so far.
     fn access_events(&self) -> Vec<Value> {
         let bytes = self.0.lock().unwrap().clone();
         String::from_utf8(bytes)

@@ -44,7 +44,7 @@ async fn scrape(harness: &Harness) -> String {
 }
 
 #[tokio::test]
-async fn http_requests_move_request_token_and_rejection_metrics() {
+async fn http_requests_move_metrics() {
     let harness = start_with_admin(Options::default()).await;
     let before = scrape(&harness).await;
     let ok = r#"cartesia_gateway_requests_total{route="/tts/bytes",status_class="2xx"}"#;
