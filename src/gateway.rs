@@ -329,13 +329,11 @@ impl Gateway {
         let (session, credential) = self.check_session(route, headers, query)?;
         cors::check_cookie_origin(route.kind(), credential, origin, headers)?;
         let grant = route.grant();
-        let (token, token_source) = self
-            .tokens
-            .get(&session.user_id, grant)
-            .await
-            .map_err(GatewayError::Mint)?;
-        self.metrics
-            .token_lookup(token_source == TokenSource::Cache);
+        let found = self.tokens.get(&session.user_id, grant).await;
+        // A failed mint is a miss too.
+        let hit = matches!(found, Ok((_, TokenSource::Cache)));
+        self.metrics.token_lookup(hit);
+        let (token, token_source) = found.map_err(GatewayError::Mint)?;
         tracing::debug!(
             user.id = %session.user_id,
             credential = credential.as_str(),

@@ -27,7 +27,7 @@
 //! - [`shutdown`] coordinates graceful shutdown.
 //! - [`telemetry`] sets up logging.
 //! - [`access`] writes one access event per request or WebSocket session.
-//! - [`metrics`] holds the Prometheus metrics.
+//! - [`metrics`] defines and renders the Prometheus metrics.
 //! - [`health`] decides liveness and readiness.
 //! - `demo` (feature `stand-in`) runs the stand-in and the gateway together.
 //! - `devcert` (feature `stand-in`) creates development certificates.

@@ -184,7 +184,7 @@ impl Metrics {
         );
         registry.register(
             "token_cache_misses",
-            "Requests that needed a newly minted Cartesia access token",
+            "Requests that found no cached Cartesia access token and waited for a mint, failed ones included",
             metrics.token_cache_misses.clone(),
         );
         registry.register(
