@@ -9,48 +9,22 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{API_KEY, APP_ORIGIN, Harness, session_token, tts_bytes_body, unix_now};
+use common::{API_KEY, APP_ORIGIN, CapturedLog, Harness, session_token, tts_bytes_body, unix_now};
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for CapturedLog {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for CapturedLog {
-    type Writer = CapturedLog;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 impl CapturedLog {
     /// Returns the `fields` of every access event written so far.
     fn access_events(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
+        self.text()
             .lines()
             .map(|line| serde_json::from_str::<Value>(line).unwrap())
             .filter(|event| event["target"] == "access")
@@ -75,10 +49,6 @@ impl CapturedLog {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("no such access event in {:#?}", self.access_events());
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +31,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tracing_subscriber::fmt::MakeWriter;
 
 /// Watcher interval for these tests, in the harness's TOML.
 const FAST_WATCH: &str = "cert_reload_interval_secs = 1";
@@ -44,46 +43,6 @@ const POLL: Duration = Duration::from_millis(50);
 const RELOAD_FAILED: &str = "certificate reload failed; the previous certificate stays in use";
 /// Message of the info log for a new certificate.
 const IN_USE: &str = "certificate in use for new TLS handshakes";
-
-/// Log output of every gateway in this test binary.
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLog {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// Lines that contain every one of `parts`.
-    fn lines_with(&self, parts: &[&str]) -> Vec<String> {
-        self.text()
-            .lines()
-            .filter(|line| parts.iter().all(|part| line.contains(part)))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl io::Write for CapturedLog {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        buffer.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for CapturedLog {
-    type Writer = CapturedLog;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Installs the global subscriber on first use; every test shares it.
 fn log() -> &'static CapturedLog {

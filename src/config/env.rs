@@ -57,7 +57,10 @@ pub(super) fn name_variable(error: ConfigError, overrides: &[Override]) -> Confi
         ConfigError::Invalid { key, message } => {
             match overrides.iter().find(|applied| applied.key == key) {
                 Some(applied) => ConfigError::Invalid {
-                    message: format!("{message} (set by the environment variable {})", applied.variable),
+                    message: format!(
+                        "{message} (set by the environment variable {})",
+                        applied.variable
+                    ),
                     key,
                 },
                 None => ConfigError::Invalid { key, message },

@@ -498,7 +498,10 @@ fn shutdown_delay_defaults_to_zero_and_is_capped() {
     let server = parse("[server]\nshutdown_delay_secs = 300\n").server;
     assert_eq!(server.shutdown_delay, Duration::from_secs(300));
     let message = rejection("[server]\nshutdown_delay_secs = 301\n");
-    assert!(message.contains("`server.shutdown_delay_secs`"), "{message}");
+    assert!(
+        message.contains("`server.shutdown_delay_secs`"),
+        "{message}"
+    );
     assert!(message.contains("300"), "{message}");
 }
 
@@ -507,7 +510,10 @@ fn shutdown_delay_defaults_to_zero_and_is_capped() {
 #[test]
 fn admin_listener_is_on_loopback_by_default() {
     let admin = parse("").admin.unwrap();
-    assert_eq!(admin.listen, DEFAULT_ADMIN_LISTEN.parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        admin.listen,
+        DEFAULT_ADMIN_LISTEN.parse::<SocketAddr>().unwrap()
+    );
     assert!(admin.listen.ip().is_loopback());
     assert!(!admin.tls);
 }
@@ -968,7 +974,10 @@ fn errors_from_overrides_name_the_variable() {
     )
     .unwrap_err()
     .to_string();
-    assert!(unknown.contains("CARTESIA_GATEWAY__SERVER__LISEN"), "{unknown}");
+    assert!(
+        unknown.contains("CARTESIA_GATEWAY__SERVER__LISEN"),
+        "{unknown}"
+    );
     let from_file = rejection("[server]\nlisten = \"nonsense\"\n");
     assert!(!from_file.contains("environment"), "{from_file}");
 }
