@@ -35,6 +35,26 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The `result` labels of `token_mints_total`.
+pub(crate) const MINT_RESULTS: [&str; 7] = [
+    "success",
+    "rejected",
+    "server_error",
+    "transport_error",
+    "timeout",
+    "invalid_response",
+    "throttled",
+];
+
+/// The `kind` labels of `upstream_errors_total`.
+const UPSTREAM_ERROR_KINDS: [&str; 5] = [
+    "connect",
+    "timeout",
+    "websocket_handshake",
+    "status_5xx",
+    "response_body",
+];
+
 /// The `route` label of requests whose path matches no route.
 pub const UNKNOWN_ROUTE: &str = "unknown";
 
@@ -245,9 +265,35 @@ impl Metrics {
             Unit::Seconds,
             metrics.certificate_expiry.clone(),
         );
+        metrics.create_fixed_series();
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Creates at zero every series whose labels come from a short fixed
+    /// set, so dashboards show 0 rather than no data before the first event.
+    fn create_fixed_series(&self) {
+        for result in MINT_RESULTS {
+            self.token_mints.get_or_create_owned(&ResultLabels { result });
+        }
+        for direction in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+            self.websocket_traffic(direction);
+        }
+        for closed_by in ["client", "upstream", "gateway"] {
+            self.websocket_closes
+                .get_or_create_owned(&ClosedByLabels { closed_by });
+        }
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.get_or_create_owned(&KindLabels { kind });
+        }
+        for route in Route::ALL {
+            if route.kind() == crate::routes::RouteKind::WebSocket {
+                self.websockets_open.get_or_create_owned(&RouteLabels {
+                    route: route.path(),
+                });
+            }
         }
     }
 

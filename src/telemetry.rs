@@ -5,19 +5,25 @@
 //!
 //! At `trace`, tungstenite logs every WebSocket message in full, which means
 //! user transcripts and audio. Unless the filter names tungstenite itself,
-//! its targets are capped at `debug`.
+//! its targets log at the filter's default level or at `debug`, whichever
+//! is less detailed.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::Directive;
+use tracing_subscriber::filter::{Directive, LevelFilter};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Directives added unless the operator's filter mentions tungstenite.
-const MESSAGE_CONTENT_CAPS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// Targets whose `trace` output contains message contents.
+const MESSAGE_CONTENT_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Builds the log filter from `RUST_LOG`, when set, or from `log.level`.
+///
+/// Unless the directives name tungstenite themselves, its targets get the
+/// filter's default level capped at `debug`. The cap is a directive of its
+/// own, because a directive for another target such as `tokio=trace` also
+/// matches `tokio_tungstenite` by prefix.
 pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, String> {
     let directives = match rust_log {
         Some(directives) if !directives.is_empty() => directives,
@@ -27,7 +33,9 @@ pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, S
         format!("invalid log filter {directives:?} in log.level or RUST_LOG: {error}")
     })?;
     if !directives.contains("tungstenite") {
-        for cap in MESSAGE_CONTENT_CAPS {
+        let cap = default_level(directives).min(LevelFilter::DEBUG);
+        for target in MESSAGE_CONTENT_TARGETS {
+            let cap = format!("{target}={cap}");
             let directive: Directive = cap
                 .parse()
                 .map_err(|error| format!("invalid built-in log directive {cap}: {error}"))?;
@@ -35,6 +43,17 @@ pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, S
         }
     }
     Ok(filter)
+}
+
+/// The level of the last directive without a target, which applies to
+/// every target no other directive names; `error` when there is none, as in
+/// `EnvFilter`.
+fn default_level(directives: &str) -> LevelFilter {
+    directives
+        .split(',')
+        .rev()
+        .find_map(|directive| directive.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::ERROR)
 }
 
 /// Installs the global subscriber, writing to stderr: text with colors on a
@@ -81,6 +100,21 @@ mod tests {
     fn tungstenite_is_capped_by_default() {
         let filter = filter(&config("trace"), None).unwrap().to_string();
         assert!(filter.contains("tungstenite=debug"), "{filter}");
+    }
+
+    #[test]
+    fn tungstenite_cap_never_raises_the_level() {
+        let info = filter(&config("info"), None).unwrap().to_string();
+        assert!(info.contains("tokio_tungstenite=info"), "{info}");
+        assert!(!info.contains("=debug"), "{info}");
+        let warn = filter(&config("warn,tokio=trace"), None)
+            .unwrap()
+            .to_string();
+        assert!(warn.contains("tokio_tungstenite=warn"), "{warn}");
+        let targeted = filter(&config("cartesia_gateway=debug"), None)
+            .unwrap()
+            .to_string();
+        assert!(targeted.contains("tungstenite=error"), "{targeted}");
     }
 
     #[test]

@@ -238,4 +238,20 @@ mod tests {
         assert!(!MintError::Status(StatusCode::MOVED_PERMANENTLY).is_transient());
         assert!(!MintError::InvalidResponse.is_transient());
     }
+
+    #[test]
+    fn result_labels_are_listed_for_the_metric() {
+        let errors = [
+            MintError::Rejected(StatusCode::UNAUTHORIZED),
+            MintError::Status(StatusCode::BAD_GATEWAY),
+            MintError::Body,
+            MintError::Timeout,
+            MintError::InvalidResponse,
+            MintError::Throttled,
+        ];
+        for error in errors {
+            let label = error.result_label();
+            assert!(crate::metrics::MINT_RESULTS.contains(&label), "{label}");
+        }
+    }
 }

@@ -180,11 +180,12 @@ impl RawAdmin {
         if self.enabled == Some(false) {
             return Ok(None);
         }
-        // Port 0 asks the system for a free port, so it never collides.
-        if listen == https_listen && listen.port() != 0 {
+        if listeners_collide(listen, https_listen) {
             return Err(ConfigError::invalid(
                 "admin.listen",
-                format!("{listen} is server.listen as well; give the admin listener its own port"),
+                format!(
+                    "{listen} takes the port of server.listen ({https_listen}); give the admin listener its own port"
+                ),
             ));
         }
         Ok(Some(AdminConfig {

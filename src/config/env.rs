@@ -67,9 +67,13 @@ pub(super) fn name_variable(error: ConfigError, overrides: &[Override]) -> Confi
             }
         }
         ConfigError::Parse(message) => {
+            // serde names the offending key first, as in "unknown field
+            // `lisen`, expected one of `listen`, ..." or "invalid type ...
+            // in `server.max_connections`".
+            let first = message.split('`').nth(1).unwrap_or_default();
             let named = overrides
                 .iter()
-                .find(|applied| message.contains(&format!("`{}`", applied.field)));
+                .find(|applied| first == applied.field || first == applied.key);
             match named {
                 Some(applied) => ConfigError::Parse(format!(
                     "{} (set by the environment variable {})",

@@ -332,6 +332,17 @@ impl Config {
     }
 }
 
+/// Whether two listen addresses would take the same port: equal ports
+/// (other than 0, which picks a free one) on equal addresses, or on any
+/// address when one of them is unspecified (`0.0.0.0` or `::`).
+pub(crate) fn listeners_collide(first: SocketAddr, second: SocketAddr) -> bool {
+    first.port() == second.port()
+        && first.port() != 0
+        && (first.ip() == second.ip()
+            || first.ip().is_unspecified()
+            || second.ip().is_unspecified())
+}
+
 pub(crate) fn grants_from_names(key: &str, names: &[String]) -> Result<Grants, ConfigError> {
     names.iter().try_fold(Grants::NONE, |grants, name| {
         Grant::from_name(name)

@@ -91,27 +91,25 @@ impl RawConfig {
         let server = self.server.validate()?;
         let redirect = self.redirect.validate(server.listen.port())?;
         if let Some(redirect) = &redirect
-            && redirect.listen == server.listen
-            && redirect.listen.port() != 0
+            && listeners_collide(redirect.listen, server.listen)
         {
             return Err(ConfigError::invalid(
                 "redirect.listen",
                 format!(
-                    "{} is server.listen as well; the redirect listener needs its own port, such as 80 or 8080",
-                    redirect.listen
+                    "{} takes the port of server.listen ({}); the redirect listener needs its own port, such as 80 or 8080",
+                    redirect.listen, server.listen
                 ),
             ));
         }
         let admin = self.admin.validate(server.listen)?;
         if let (Some(admin), Some(redirect)) = (&admin, &redirect)
-            && admin.listen == redirect.listen
-            && admin.listen.port() != 0
+            && listeners_collide(admin.listen, redirect.listen)
         {
             return Err(ConfigError::invalid(
                 "admin.listen",
                 format!(
-                    "{} is redirect.listen as well; give the admin listener its own port",
-                    admin.listen
+                    "{} takes the port of redirect.listen ({}); give the admin listener its own port",
+                    admin.listen, redirect.listen
                 ),
             ));
         }

@@ -548,6 +548,16 @@ fn admin_listen_must_differ_from_other_listeners() {
          [admin]\nlisten = \"127.0.0.1:9080\"\n",
         "admin.listen",
     );
+    assert_rejected_naming(
+        "[server]\nlisten = \"0.0.0.0:9443\"\n[admin]\nlisten = \"127.0.0.1:9443\"\n",
+        "admin.listen",
+    );
+    let apart =
+        parse("[server]\nlisten = \"127.0.0.1:9443\"\n[admin]\nlisten = \"127.0.0.2:9443\"\n");
+    assert!(
+        apart.admin.is_some(),
+        "different addresses share a port number"
+    );
     // Port 0 picks a free port for each, so they never collide.
     let config = parse("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
     assert!(config.admin.is_some());
@@ -980,4 +990,27 @@ fn errors_from_overrides_name_the_variable() {
     );
     let from_file = rejection("[server]\nlisten = \"nonsense\"\n");
     assert!(!from_file.contains("environment"), "{from_file}");
+    let wrong_type = Config::from_toml_str(
+        "",
+        environment(&[("CARTESIA_GATEWAY__SERVER__MAX_CONNECTIONS", "many")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        wrong_type.contains("CARTESIA_GATEWAY__SERVER__MAX_CONNECTIONS"),
+        "{wrong_type}"
+    );
+    // An unknown key in the file is not blamed on an override of another
+    // key of the same section.
+    let unknown_in_file = Config::from_toml_str(
+        "[server]\nlisen = \"127.0.0.1:1\"\n",
+        environment(&[("CARTESIA_GATEWAY__SERVER__KEY_FILE", "/tmp/key.pem")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown_in_file.contains("`lisen`"), "{unknown_in_file}");
+    assert!(
+        !unknown_in_file.contains("environment variable"),
+        "{unknown_in_file}"
+    );
 }
