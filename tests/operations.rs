@@ -362,3 +362,44 @@ async fn admin_listener_can_serve_https() {
     let response = harness.client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn dashboard_queries_only_exposed_metrics() {
+    let harness = start_with_admin(Options::default()).await;
+    let session = harness.session("dashboard-user", &["tts"]);
+    assert_eq!(post_tts_bytes(&harness, Some(&session)).await, 200);
+    assert_eq!(post_tts_bytes(&harness, None).await, 401);
+    let text = scrape(&harness).await;
+
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/cartesia-gateway.json"
+    ))
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("cartesia_gateway_")
+        .map(|(start, _)| {
+            let rest = &dashboard[start..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(
+        names.len() >= 10,
+        "the dashboard queries the metrics: {names:?}"
+    );
+    for name in names {
+        let exposed = text.lines().any(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        });
+        assert!(
+            exposed,
+            "the dashboard queries {name}, which /metrics lacks:\n{text}"
+        );
+    }
+}
