@@ -276,7 +276,8 @@ impl Metrics {
     /// set, so dashboards show 0 rather than no data before the first event.
     fn create_fixed_series(&self) {
         for result in MINT_RESULTS {
-            self.token_mints.get_or_create_owned(&ResultLabels { result });
+            self.token_mints
+                .get_or_create_owned(&ResultLabels { result });
         }
         for direction in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
             self.websocket_traffic(direction);
@@ -286,7 +287,8 @@ impl Metrics {
                 .get_or_create_owned(&ClosedByLabels { closed_by });
         }
         for kind in UPSTREAM_ERROR_KINDS {
-            self.upstream_errors.get_or_create_owned(&KindLabels { kind });
+            self.upstream_errors
+                .get_or_create_owned(&KindLabels { kind });
         }
         for route in Route::ALL {
             if route.kind() == crate::routes::RouteKind::WebSocket {
