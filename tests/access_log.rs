@@ -143,11 +143,22 @@ async fn access_events_have_the_fields_and_no_secrets() {
         "a success has no reason: {first}"
     );
 
-    // The same user again over a Bearer session: the token comes from the cache.
+    // The same user again with a Bearer session over HTTP/2: the token comes
+    // from the cache, and the stream's end is a normal end.
     let bearer = format!("Bearer {session}");
-    let (status, _) = post_tts_bytes(&harness, "/tts/bytes", &[("authorization", &bearer)]).await;
-    assert_eq!(status, 200);
+    let request = Request::post(format!("{}/tts/bytes", harness.url()))
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            tts_bytes_body("Access log test").to_string(),
+        )))
+        .unwrap();
+    let response = harness.h2_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let audio = response.into_body().collect().await.unwrap().to_bytes();
     let cached = log.wait_for(|event| event["token_source"] == "cache").await;
+    assert_eq!(cached["bytes_out"], audio.len() as u64);
+    assert!(cached.get("reason").is_none(), "{cached}");
     assert!(
         cached.get("query").is_none(),
         "no query, no field: {cached}"
