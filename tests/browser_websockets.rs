@@ -3,36 +3,26 @@
 //! handshake responses, and WebSockets that the gateway closes by itself when
 //! the session expires or the connection lifetime runs out.
 //!
-//! Origin tests use the stand-in as the upstream. The close tests use
-//! [`EchoUpstream`], a small WebSocket server defined below, because the
-//! stand-in keeps no record of the close frames it receives.
+//! Origin tests use the stand-in as the upstream. The close tests use the
+//! harness's [`EchoUpstream`], because the stand-in keeps no record of the
+//! close frames it receives.
 
 // Helper functions unwrap like the tests do, because a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use common::echo::{EchoUpstream, start_with_echo_upstream};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
@@ -737,116 +727,4 @@ async fn read_more(stream: &mut TlsStream<TcpStream>, buffer: &mut Vec<u8>) {
     let read = stream.read(&mut chunk).await.unwrap();
     assert!(read > 0, "the gateway closed the connection");
     buffer.extend_from_slice(&chunk[..read]);
-}
-
-// ---------------------------------------------------------------------------
-// Echo upstream
-
-/// A WebSocket upstream that returns a fixed token from `/access-token`,
-/// echoes text and binary messages, and records the close frames it
-/// receives as code and reason.
-#[derive(Clone, Default)]
-struct EchoUpstream {
-    closes: Arc<Mutex<Vec<(u16, String)>>>,
-}
-
-impl EchoUpstream {
-    fn closes(&self) -> Vec<(u16, String)> {
-        self.closes.lock().unwrap().clone()
-    }
-
-    async fn serve(self, listener: TcpListener, acceptor: TlsAcceptor) {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let echo = self.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(move |request| {
-                    let echo = echo.clone();
-                    async move { Ok::<_, Infallible>(echo.handle(request)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    }
-
-    fn handle(&self, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.uri().path() == "/access-token" {
-            return Response::new(Full::new(Bytes::from_static(
-                br#"{"token":"echo-upstream-token"}"#,
-            )));
-        }
-        let key = request
-            .headers()
-            .get(SEC_WEBSOCKET_KEY)
-            .expect("the gateway sends a key")
-            .as_bytes();
-        let accept = derive_accept_key(key);
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let echo = self.clone();
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                echo.run(socket).await;
-            }
-        });
-        Response::builder()
-            .status(101)
-            .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, "websocket")
-            .header(SEC_WEBSOCKET_ACCEPT, accept)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    }
-
-    async fn run<S>(self, mut socket: WebSocketStream<S>)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        while let Some(Ok(message)) = socket.next().await {
-            if let Message::Close(frame) = message {
-                let recorded = frame.map_or((1005, String::new()), |frame| {
-                    (u16::from(frame.code), frame.reason.to_string())
-                });
-                self.closes.lock().unwrap().push(recorded);
-                // Tungstenite sends its reply to the close frame on the next read.
-                continue;
-            }
-            let is_data = message.is_text() || message.is_binary();
-            if is_data && socket.send(message).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Starts the gateway with `options` and an [`EchoUpstream`] as its
-/// upstream. The echo server serves with the harness certificate, which the
-/// gateway already trusts.
-async fn start_with_echo_upstream(options: Options) -> (Harness, EchoUpstream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let harness = Harness::start_with(Options {
-        upstream_url: Some(format!("https://{address}")),
-        ..options
-    })
-    .await;
-    let server_tls =
-        cartesia_gateway::tls::server_config(&harness.certs.cert_file, &harness.certs.key_file)
-            .unwrap();
-    let mut tls = (*server_tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let echo = EchoUpstream::default();
-    tokio::spawn(
-        echo.clone()
-            .serve(listener, TlsAcceptor::from(Arc::new(tls))),
-    );
-    (harness, echo)
 }

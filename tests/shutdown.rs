@@ -10,34 +10,27 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cartesia_gateway::devcert::{self, DevCertificate};
 use cartesia_gateway::stand_in::StandIn;
 use cartesia_gateway::{Config, Gateway};
+use common::echo::start_with_echo_upstream;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Maximum wait for anything that should happen promptly.
@@ -221,7 +214,7 @@ async fn shutdown_closes_idle_connections() {
     );
 }
 
-/// Opens a TTS WebSocket through the gateway to the recording upstream and
+/// Opens a TTS WebSocket through the gateway to the echo upstream and
 /// checks that the relay runs.
 async fn open_echo_socket(
     harness: &Harness,
@@ -266,7 +259,7 @@ async fn read_close(
 
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001() {
-    let (mut harness, upstream) = start_with_recording_upstream().await;
+    let (mut harness, upstream) = start_with_echo_upstream(Options::default()).await;
     let mut socket = open_echo_socket(&harness).await;
 
     let started = Instant::now();
@@ -296,7 +289,7 @@ async fn shutdown_closes_websockets_with_1001() {
 
 #[tokio::test]
 async fn shutdown_waits_for_websocket_close_handshake() {
-    let (mut harness, _upstream) = start_with_recording_upstream().await;
+    let (mut harness, _upstream) = start_with_echo_upstream(Options::default()).await;
     let mut socket = open_echo_socket(&harness).await;
 
     let stop = harness.stop();
@@ -392,118 +385,6 @@ ca_file = "{ca}"
     })
     .unwrap();
     Arc::new(gateway)
-}
-
-// ---------------------------------------------------------------------------
-// Recording upstream
-
-/// A WebSocket upstream that returns a fixed token from `/access-token`,
-/// echoes messages and records the close frames it receives. The stand-in
-/// does not record close frames.
-#[derive(Clone, Default)]
-struct RecordingUpstream {
-    closes: Arc<Mutex<Vec<(u16, String)>>>,
-}
-
-impl RecordingUpstream {
-    fn closes(&self) -> Vec<(u16, String)> {
-        self.closes.lock().unwrap().clone()
-    }
-
-    async fn serve(self, listener: TcpListener, acceptor: TlsAcceptor) {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let upstream = self.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(move |request| {
-                    let upstream = upstream.clone();
-                    async move { Ok::<_, Infallible>(upstream.handle(request)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    }
-
-    fn handle(&self, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.uri().path() == "/access-token" {
-            return Response::new(Full::new(Bytes::from_static(
-                br#"{"token":"recording-upstream-token"}"#,
-            )));
-        }
-        let key = request
-            .headers()
-            .get(SEC_WEBSOCKET_KEY)
-            .expect("the gateway sends a key")
-            .as_bytes();
-        let accept = derive_accept_key(key);
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let upstream = self.clone();
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                upstream.echo(socket).await;
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, "websocket")
-            .header(SEC_WEBSOCKET_ACCEPT, accept)
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    }
-
-    async fn echo<S>(self, mut socket: WebSocketStream<S>)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        while let Some(Ok(message)) = socket.next().await {
-            if let Message::Close(frame) = &message {
-                let recorded = frame.as_ref().map_or((1005, String::new()), |frame| {
-                    (u16::from(frame.code), frame.reason.to_string())
-                });
-                self.closes.lock().unwrap().push(recorded);
-                // Tungstenite sends its close reply on the next read.
-                continue;
-            }
-            let echoed = message.is_text() || message.is_binary();
-            if echoed && socket.send(message).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Starts the harness with a [`RecordingUpstream`] as its upstream, served
-/// with the harness certificate, which the gateway already trusts.
-async fn start_with_recording_upstream() -> (Harness, RecordingUpstream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let harness = Harness::start_with(Options {
-        upstream_url: Some(format!("https://{address}")),
-        ..Options::default()
-    })
-    .await;
-    let server_tls =
-        cartesia_gateway::tls::server_config(&harness.certs.cert_file, &harness.certs.key_file)
-            .unwrap();
-    let mut tls = (*server_tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let upstream = RecordingUpstream::default();
-    tokio::spawn(
-        upstream
-            .clone()
-            .serve(listener, TlsAcceptor::from(Arc::new(tls))),
-    );
-    (harness, upstream)
 }
 
 // ---------------------------------------------------------------------------

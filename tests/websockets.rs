@@ -2,37 +2,28 @@
 //!
 //! Most tests use the stand-in as the upstream. The relay tests that need an
 //! upstream echoing messages, recording close frames or choosing a
-//! subprotocol use [`EchoUpstream`], a small WebSocket server defined below,
-//! because the stand-in does none of these.
+//! subprotocol use the harness's `common::echo::EchoUpstream`, because the
+//! stand-in does none of these.
 
 // Helper functions unwrap like the tests do, because a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cartesia_gateway::stand_in::RecordedRequest;
+use common::echo::{ECHO_CLOSE_COMMAND, start_with_echo_upstream};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{
-    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
-};
-use http::{HeaderMap, Request, Response};
+use http::Request;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
@@ -621,7 +612,7 @@ async fn injected_upgrade_refusal_reaches_client() {
 
 #[tokio::test]
 async fn relay_passes_text_binary_and_pings() {
-    let (harness, _echo) = start_with_echo_upstream().await;
+    let (harness, _echo) = start_with_echo_upstream(Options::default()).await;
     let mut socket = open_echo_socket(&harness).await;
 
     let text = "héllo ✓ over the relay";
@@ -665,7 +656,7 @@ async fn relay_passes_text_binary_and_pings() {
 
 #[tokio::test]
 async fn client_close_code_reaches_upstream() {
-    let (harness, echo) = start_with_echo_upstream().await;
+    let (harness, echo) = start_with_echo_upstream(Options::default()).await;
     let mut socket = open_echo_socket(&harness).await;
     socket.send(Message::text("warm up")).await.unwrap();
     next_data_message(&mut socket).await;
@@ -692,7 +683,7 @@ async fn client_close_code_reaches_upstream() {
 
 #[tokio::test]
 async fn upstream_close_code_reaches_client() {
-    let (harness, echo) = start_with_echo_upstream().await;
+    let (harness, echo) = start_with_echo_upstream(Options::default()).await;
     let mut socket = open_echo_socket(&harness).await;
     socket
         .send(Message::text(ECHO_CLOSE_COMMAND))
@@ -716,7 +707,7 @@ async fn upstream_close_code_reaches_client() {
 
 #[tokio::test]
 async fn upstream_subprotocol_choice_is_checked() {
-    let (harness, echo) = start_with_echo_upstream().await;
+    let (harness, echo) = start_with_echo_upstream(Options::default()).await;
     let session = harness.session("alice", &["tts"]);
     let bearer = format!("Bearer {session}");
     let mut headers = upgrade_headers_with("authorization", Some(&bearer));
@@ -1231,151 +1222,6 @@ impl RawConnection {
 
 // ---------------------------------------------------------------------------
 // Echo upstream
-
-/// A text message that makes [`EchoUpstream`] close with 4002 "upstream bye".
-const ECHO_CLOSE_COMMAND: &str = "close please";
-
-/// A WebSocket upstream for checks the stand-in cannot support. It returns a
-/// fixed token from `/access-token`, echoes text and binary messages,
-/// records the close frames it receives, closes with its own code on
-/// request, and picks the last subprotocol the client offered.
-#[derive(Clone, Default)]
-struct EchoUpstream {
-    state: Arc<EchoState>,
-}
-
-#[derive(Default)]
-struct EchoState {
-    closes: Mutex<Vec<(u16, String)>>,
-    /// Subprotocol sent in every 101, whatever the client offered.
-    forced_protocol: Mutex<Option<String>>,
-}
-
-impl EchoUpstream {
-    fn closes(&self) -> Vec<(u16, String)> {
-        self.state.closes.lock().unwrap().clone()
-    }
-
-    fn force_protocol(&self, protocol: &str) {
-        *self.state.forced_protocol.lock().unwrap() = Some(protocol.to_owned());
-    }
-
-    async fn serve(self, listener: TcpListener, acceptor: TlsAcceptor) {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let echo = self.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(move |request| {
-                    let echo = echo.clone();
-                    async move { Ok::<_, Infallible>(echo.handle(request)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    }
-
-    fn handle(&self, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.uri().path() == "/access-token" {
-            return Response::new(Full::new(Bytes::from_static(
-                br#"{"token":"echo-upstream-token"}"#,
-            )));
-        }
-        let headers: &HeaderMap = request.headers();
-        let key = headers
-            .get(SEC_WEBSOCKET_KEY)
-            .expect("the gateway sends a key")
-            .as_bytes();
-        let accept = derive_accept_key(key);
-        let offered_last = headers
-            .get(SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next_back())
-            .map(|protocol| protocol.trim().to_owned());
-        let forced = self.state.forced_protocol.lock().unwrap().clone();
-        let chosen = forced.or(offered_last);
-
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let echo = self.clone();
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
-                echo.run(socket).await;
-            }
-        });
-
-        let mut response = Response::builder()
-            .status(101)
-            .header(CONNECTION, "Upgrade")
-            .header(UPGRADE, "websocket")
-            .header(SEC_WEBSOCKET_ACCEPT, accept);
-        if let Some(protocol) = chosen {
-            response = response.header(SEC_WEBSOCKET_PROTOCOL, protocol);
-        }
-        response.body(Full::new(Bytes::new())).unwrap()
-    }
-
-    async fn run<S>(self, mut socket: WebSocketStream<S>)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        while let Some(Ok(message)) = socket.next().await {
-            let reply = match message {
-                Message::Text(text) if text.as_str() == ECHO_CLOSE_COMMAND => {
-                    Message::Close(Some(CloseFrame {
-                        code: CloseCode::from(4002),
-                        reason: Utf8Bytes::from_static("upstream bye"),
-                    }))
-                }
-                Message::Text(_) | Message::Binary(_) => message,
-                Message::Close(frame) => {
-                    let recorded = frame.map_or((1005, String::new()), |frame| {
-                        (u16::from(frame.code), frame.reason.to_string())
-                    });
-                    self.state.closes.lock().unwrap().push(recorded);
-                    // Tungstenite sends its reply to the close frame on the next read.
-                    continue;
-                }
-                _ => continue,
-            };
-            if socket.send(reply).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Starts the gateway with an [`EchoUpstream`] as its upstream. The echo
-/// server's listener is bound first so its address can go into the
-/// gateway's config, and it serves with the harness certificate, which the
-/// gateway already trusts.
-async fn start_with_echo_upstream() -> (Harness, EchoUpstream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let harness = Harness::start_with(Options {
-        upstream_url: Some(format!("https://{address}")),
-        ..Options::default()
-    })
-    .await;
-    let server_tls =
-        cartesia_gateway::tls::server_config(&harness.certs.cert_file, &harness.certs.key_file)
-            .unwrap();
-    let mut tls = (*server_tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let echo = EchoUpstream::default();
-    tokio::spawn(
-        echo.clone()
-            .serve(listener, TlsAcceptor::from(Arc::new(tls))),
-    );
-    (harness, echo)
-}
 
 /// Opens a TTS WebSocket through the gateway to the echo upstream.
 async fn open_echo_socket(harness: &Harness) -> ClientSocket {

@@ -1,8 +1,11 @@
 //! Test harness: the real gateway and the Cartesia stand-in, both on
 //! 127.0.0.1 ephemeral ports with real TLS, plus clients that trust the
-//! test CA.
+//! test CA. [`echo`] contains an echoing WebSocket upstream for the tests
+//! that need one in place of the stand-in.
 
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod echo;
 
 use std::net::SocketAddr;
 use std::path::Path;
