@@ -114,9 +114,14 @@ impl AccessRecord {
         })))
     }
 
-    pub fn set_user(&mut self, user_id: &Arc<str>, token_source: TokenSource) {
+    pub fn set_user(&mut self, user_id: &Arc<str>) {
         if let Some(facts) = &mut self.0 {
             facts.user_id = Some(Arc::clone(user_id));
+        }
+    }
+
+    pub fn set_token_source(&mut self, token_source: TokenSource) {
+        if let Some(facts) = &mut self.0 {
             facts.token_source = Some(token_source);
         }
     }

@@ -267,7 +267,7 @@ impl Gateway {
             if request.method() == Method::OPTIONS {
                 // An OPTIONS that is not a preflight needs a session like
                 // any other request before it learns anything about the route.
-                self.check_session(route, request.headers(), request.uri().query())?;
+                self.check_session(route, request.headers(), request.uri().query(), record)?;
             }
             return Err(GatewayError::MethodNotAllowed {
                 allowed: route.method(),
@@ -280,9 +280,14 @@ impl Gateway {
                     self.config.server.max_request_body_bytes,
                 )?;
                 let authorized = self
-                    .authorize(route, request.headers(), request.uri().query(), origin)
+                    .authorize(
+                        route,
+                        request.headers(),
+                        request.uri().query(),
+                        origin,
+                        record,
+                    )
                     .await?;
-                record.set_user(&authorized.session.user_id, authorized.token_source);
                 proxy::forward(self, request, &authorized, record).await
             }
             RouteKind::WebSocket => {
@@ -291,25 +296,34 @@ impl Gateway {
                     return Err(GatewayError::OriginNotAllowed);
                 }
                 let authorized = self
-                    .authorize(route, request.headers(), request.uri().query(), origin)
+                    .authorize(
+                        route,
+                        request.headers(),
+                        request.uri().query(),
+                        origin,
+                        record,
+                    )
                     .await?;
-                record.set_user(&authorized.session.user_id, authorized.token_source);
                 websocket::forward(self, request, handshake, &authorized, connection, record).await
             }
         }
     }
 
-    /// Finds and verifies the session and checks the route's grant.
+    /// Finds and verifies the session and checks the route's grant. The
+    /// user goes into `record` as soon as the session verifies, so a denied
+    /// grant is logged with its user.
     fn check_session(
         &self,
         route: Route,
         headers: &HeaderMap,
         query: Option<&str>,
+        record: &mut AccessRecord,
     ) -> Result<(Arc<Session>, CredentialSource), GatewayError> {
         let websocket = route.kind() == RouteKind::WebSocket;
         let (token, credential) =
             session::extract(headers, query, &self.config.session.cookie_name, websocket)?;
         let session = self.sessions.verify(&token)?;
+        record.set_user(&session.user_id);
         let grant = route.grant();
         if !session.grants.contains(grant) {
             return Err(GatewayError::GrantMissing { grant });
@@ -325,8 +339,9 @@ impl Gateway {
         headers: &HeaderMap,
         query: Option<&str>,
         origin: &OriginCheck,
+        record: &mut AccessRecord,
     ) -> Result<Authorized, GatewayError> {
-        let (session, credential) = self.check_session(route, headers, query)?;
+        let (session, credential) = self.check_session(route, headers, query, record)?;
         cors::check_cookie_origin(route.kind(), credential, origin, headers)?;
         let grant = route.grant();
         let found = self.tokens.get(&session.user_id, grant).await;
@@ -334,6 +349,7 @@ impl Gateway {
         let hit = matches!(found, Ok((_, TokenSource::Cache)));
         self.metrics.token_lookup(hit);
         let (token, token_source) = found.map_err(GatewayError::Mint)?;
+        record.set_token_source(token_source);
         tracing::debug!(
             user.id = %session.user_id,
             credential = credential.as_str(),

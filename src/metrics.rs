@@ -246,7 +246,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_errors",
-            "Failures talking to the Cartesia API, by kind",
+            "Failures of forwarded requests to the Cartesia API, by kind; failed mints count in token_mints",
             metrics.upstream_errors.clone(),
         );
         registry.register(
@@ -285,6 +285,16 @@ impl Metrics {
         for closed_by in ["client", "upstream", "gateway"] {
             self.websocket_closes
                 .get_or_create_owned(&ClosedByLabels { closed_by });
+        }
+        for reason in [
+            "missing",
+            "ambiguous",
+            "malformed",
+            "expired",
+            "grant_missing",
+        ] {
+            self.session_rejections
+                .get_or_create_owned(&ReasonLabels { reason });
         }
         for kind in UPSTREAM_ERROR_KINDS {
             self.upstream_errors

@@ -20,40 +20,62 @@ const MESSAGE_CONTENT_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Builds the log filter from `RUST_LOG`, when set, or from `log.level`.
 ///
-/// Unless the directives name tungstenite themselves, its targets get the
-/// filter's default level capped at `debug`. The cap is a directive of its
-/// own, because a directive for another target such as `tokio=trace` also
-/// matches `tokio_tungstenite` by prefix.
+/// Every directive without `=` must be a level, because `EnvFilter` reads
+/// any other word, such as the misspelled `warning`, as a target name and
+/// then logs nothing else at all.
+///
+/// Two directives are added unless the filter names their targets:
+/// - tungstenite's targets get the filter's default level, capped at
+///   `debug`. The cap is a directive of its own, because a directive for
+///   another target such as `tokio=trace` also matches `tokio_tungstenite`
+///   by prefix.
+/// - the access log gets the default level, or `info` when the filter has
+///   no default level, so a filter such as `cartesia_gateway=debug` keeps
+///   it.
 pub fn filter(config: &LogConfig, rust_log: Option<&str>) -> Result<EnvFilter, String> {
-    let directives = match rust_log {
-        Some(directives) if !directives.is_empty() => directives,
-        _ => config.level.as_str(),
+    let (directives, source) = match rust_log {
+        Some(directives) if !directives.is_empty() => (directives, "RUST_LOG"),
+        _ => (config.level.as_str(), "log.level"),
     };
-    let mut filter = EnvFilter::try_new(directives).map_err(|error| {
-        format!("invalid log filter {directives:?} in log.level or RUST_LOG: {error}")
-    })?;
-    if !directives.contains("tungstenite") {
-        let cap = default_level(directives).min(LevelFilter::DEBUG);
-        for target in MESSAGE_CONTENT_TARGETS {
-            let cap = format!("{target}={cap}");
-            let directive: Directive = cap
-                .parse()
-                .map_err(|error| format!("invalid built-in log directive {cap}: {error}"))?;
-            filter = filter.add_directive(directive);
+    for directive in directives.split(',').map(str::trim) {
+        let names_target = directive.contains('=') || directive.contains('[');
+        if !directive.is_empty() && !names_target && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "invalid log level {directive:?} in {source}; use trace, debug, info, warn, error or off, or TARGET=LEVEL"
+            ));
         }
+    }
+    let mut filter = EnvFilter::try_new(directives)
+        .map_err(|error| format!("invalid log filter {directives:?} in {source}: {error}"))?;
+    let default = default_level(directives);
+    let mut added = Vec::new();
+    if !directives.contains("tungstenite") {
+        let cap = default.unwrap_or(LevelFilter::OFF).min(LevelFilter::DEBUG);
+        for target in MESSAGE_CONTENT_TARGETS {
+            added.push(format!("{target}={cap}"));
+        }
+    }
+    if !directives.contains(crate::access::TARGET) {
+        let level = default.unwrap_or(LevelFilter::INFO);
+        added.push(format!("{}={level}", crate::access::TARGET));
+    }
+    for text in added {
+        let directive: Directive = text
+            .parse()
+            .map_err(|error| format!("invalid built-in log directive {text}: {error}"))?;
+        filter = filter.add_directive(directive);
     }
     Ok(filter)
 }
 
-/// The level of the last directive without a target, which applies to
-/// every target no other directive names; `error` when there is none, as in
-/// `EnvFilter`.
-fn default_level(directives: &str) -> LevelFilter {
+/// Returns the level of the last directive without a target, which applies
+/// to every target no other directive names. Without one, `EnvFilter` logs
+/// nothing for those targets.
+fn default_level(directives: &str) -> Option<LevelFilter> {
     directives
         .split(',')
         .rev()
         .find_map(|directive| directive.trim().parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::ERROR)
 }
 
 /// Installs the global subscriber, writing to stderr: text with colors on a
@@ -114,7 +136,7 @@ mod tests {
         let targeted = filter(&config("cartesia_gateway=debug"), None)
             .unwrap()
             .to_string();
-        assert!(targeted.contains("tungstenite=error"), "{targeted}");
+        assert!(targeted.contains("tungstenite=off"), "{targeted}");
     }
 
     #[test]
@@ -124,6 +146,34 @@ mod tests {
             .to_string();
         assert!(filter.contains("tungstenite=trace"), "{filter}");
         assert!(!filter.contains("tungstenite=debug"), "{filter}");
+    }
+
+    #[test]
+    fn access_log_follows_the_default_level() {
+        let info = filter(&config("info"), None).unwrap().to_string();
+        assert!(info.contains("access=info"), "{info}");
+        let warn = filter(&config("warn"), None).unwrap().to_string();
+        assert!(warn.contains("access=warn"), "{warn}");
+        let targeted = filter(&config("cartesia_gateway=debug"), None)
+            .unwrap()
+            .to_string();
+        assert!(targeted.contains("access=info"), "{targeted}");
+        let named = filter(&config("info,access=off"), None)
+            .unwrap()
+            .to_string();
+        assert!(named.contains("access=off"), "{named}");
+        assert!(!named.contains("access=info"), "{named}");
+    }
+
+    #[test]
+    fn misspelled_level_is_rejected() {
+        for level in ["warning", "verbose", "info,cartesia_gateway"] {
+            let error = filter(&config(level), None).unwrap_err();
+            assert!(error.contains("invalid log level"), "{level}: {error}");
+            assert!(error.contains("log.level"), "{level}: {error}");
+        }
+        let error = filter(&config("info"), Some("warning")).unwrap_err();
+        assert!(error.contains("RUST_LOG"), "{error}");
     }
 
     #[test]

@@ -187,8 +187,13 @@ async fn access_events_have_the_fields_and_no_secrets() {
     let stt_only = format!("Bearer {}", harness.session("access-user", &["stt"]));
     let (status, _) = post_tts_bytes(&harness, "/tts/bytes", &[("authorization", &stt_only)]).await;
     assert_eq!(status, 403);
-    log.wait_for(|event| event["reason"] == "grant_missing" && event["status"] == 403)
+    let no_grant = log
+        .wait_for(|event| event["reason"] == "grant_missing" && event["status"] == 403)
         .await;
+    assert_eq!(
+        no_grant["user_id"], "access-user",
+        "a verified session names its user"
+    );
 
     // A client that goes away mid-stream.
     let gate = Arc::new(Semaphore::new(0));

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tracing::Instrument;
 
 use crate::access::{AccessRecord, WebSocketEnd};
@@ -53,6 +53,11 @@ use crate::query;
 use crate::shutdown::Shutdown;
 use crate::tokens::TokenSource;
 use crate::upstream::{self, Upstream};
+
+/// Read buffer of each leg of a relayed WebSocket. tungstenite allocates it
+/// up front, 128 KiB by default, so two per WebSocket dominated the memory
+/// of idle WebSockets; a larger message still arrives in several reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Makes the upstream handshake for an authorized client handshake and, on
 /// success, returns the 101 response and starts the relay.
@@ -239,24 +244,25 @@ fn spawn_relay(
         route = authorized.route.path(),
         user.id = %authorized.session.user_id,
     );
+    let Relayed {
+        metrics,
+        mut record,
+    } = relayed;
     let task = async move {
-        let Relayed {
-            metrics,
-            mut record,
-        } = relayed;
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(both) => both,
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade did not complete");
                 record.set_reason(crate::access::CLIENT_CLOSED);
-                return;
+                return record;
             }
         };
         let _open = metrics.websocket_opened(route);
+        let config = Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES));
         let client =
-            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, config).await;
         let upstream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
+            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, config).await;
         tracing::debug!("WebSocket opened");
         // The slot keeps the WebSocket counted under server.max_connections.
         let _slot = connection.slot;
@@ -289,6 +295,12 @@ fn spawn_relay(
             upstream.bytes = summary.upstream_bytes,
             "WebSocket closed"
         );
+        record
     };
-    tokio::spawn(task.instrument(span));
+    // The access event is written outside the span, so that it carries
+    // its own fields only.
+    tokio::spawn(async move {
+        let record = task.instrument(span).await;
+        drop(record);
+    });
 }
