@@ -7,7 +7,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::config::{API_KEY_ENV, Config, SessionKeySource};
+use crate::config::{API_KEY_ENV, Config, LogFormat, SessionKeySource};
 use crate::{Gateway, tls};
 
 /// Checks the config at `path` with `environment` and `read_env` as the
@@ -19,13 +19,17 @@ pub fn check_config(
     read_env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|error| {
-        format!(
-            "cannot read config file {}: {error}; run from the directory that contains config.toml or pass --config PATH",
-            path.display()
-        )
+        let mut message = format!("cannot read config file {}: {error}", path.display());
+        if path == Path::new(crate::config::DEFAULT_CONFIG_FILE) {
+            message.push_str(
+                "; run from the directory that contains config.toml or pass --config PATH",
+            );
+        }
+        message
     })?;
     let config = Config::from_toml_str(&text, environment).map_err(|error| error.to_string())?;
-    crate::telemetry::filter(&config.log, read_env("RUST_LOG").as_deref())?;
+    let rust_log = read_env("RUST_LOG").filter(|value| !value.is_empty());
+    crate::telemetry::filter(&config.log, rust_log.as_deref())?;
     let certificate = tls::load_certified_key(&config.server.cert_file, &config.server.key_file)
         .map_err(|error| error.to_string())?;
     let fingerprint = certificate
@@ -34,11 +38,13 @@ pub fn check_config(
         .map(tls::fingerprint)
         .unwrap_or_default();
     Gateway::new(config.clone(), read_env).map_err(|error| error.to_string())?;
-    Ok(describe(&config, &fingerprint))
+    Ok(describe(&config, &fingerprint, rust_log.as_deref()))
 }
 
-/// Writes the effective settings, one `key = value` line each.
-fn describe(config: &Config, fingerprint: &str) -> String {
+/// Writes the effective settings, one per line: `key = value` for config
+/// keys, and a description for secrets and listeners. `rust_log` is the
+/// `RUST_LOG` value that replaces `log.level`.
+fn describe(config: &Config, fingerprint: &str, rust_log: Option<&str>) -> String {
     let mut out = String::new();
     let server = &config.server;
     let _ = writeln!(out, "config is valid; the gateway would run with:");
@@ -113,8 +119,16 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         SessionKeySource::PublicKeyFile(path) => format!("public key from file {}", path.display()),
     };
     let _ = writeln!(out, "session key = {key}");
-    let _ = writeln!(out, "session.issuer = {:?}", session.issuer);
-    let _ = writeln!(out, "session.audience = {:?}", session.audience);
+    let _ = writeln!(
+        out,
+        "session.issuer = {}",
+        quoted_or_none(session.issuer.as_deref())
+    );
+    let _ = writeln!(
+        out,
+        "session.audience = {}",
+        quoted_or_none(session.audience.as_deref())
+    );
     let _ = writeln!(out, "session.leeway_secs = {}", secs(session.leeway));
     let _ = writeln!(out, "session.cookie_name = {:?}", session.cookie_name);
     let _ = writeln!(out, "session.user_claim = {:?}", session.user_claim);
@@ -125,6 +139,7 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         .map(|grant| grant.as_str())
         .collect();
     let _ = writeln!(out, "session.default_grants = {grants:?}");
+    let _ = writeln!(out, "session.cache_capacity = {}", session.cache_capacity);
 
     let upstream = &config.upstream;
     let _ = writeln!(out, "upstream.base_url = {}", upstream.base_url);
@@ -133,8 +148,13 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         None => format!("from environment variable {API_KEY_ENV} (set)"),
     };
     let _ = writeln!(out, "Cartesia API key = {api_key}");
-    if let Some(ca_file) = &upstream.ca_file {
-        let _ = writeln!(out, "upstream.ca_file = {}", ca_file.display());
+    match &upstream.ca_file {
+        Some(ca_file) => {
+            let _ = writeln!(out, "upstream.ca_file = {}", ca_file.display());
+        }
+        None => {
+            let _ = writeln!(out, "upstream.ca_file = none (public web roots only)");
+        }
     }
     let _ = writeln!(
         out,
@@ -196,9 +216,20 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         "websocket.idle_timeout_secs = {}",
         secs(websocket.idle_timeout)
     );
-    let _ = writeln!(out, "log.level = {:?}", config.log.level);
-    let format = format!("{:?}", config.log.format).to_ascii_lowercase();
-    let _ = writeln!(out, "log.format = {format:?}");
+    match rust_log {
+        Some(filter) => {
+            let _ = writeln!(out, "log.level = {filter:?} (from RUST_LOG)");
+        }
+        None => {
+            let _ = writeln!(out, "log.level = {:?}", config.log.level);
+        }
+    }
+    let format = match config.log.format {
+        LogFormat::Auto => "\"auto\" (text on a terminal, JSON otherwise)",
+        LogFormat::Json => "\"json\"",
+        LogFormat::Text => "\"text\"",
+    };
+    let _ = writeln!(out, "log.format = {format}");
     let _ = writeln!(
         out,
         "Strict-Transport-Security = {:?}",
@@ -230,6 +261,11 @@ fn describe(config: &Config, fingerprint: &str) -> String {
         }
     }
     out
+}
+
+/// Formats an optional string setting as `"value"` or `none`.
+fn quoted_or_none(value: Option<&str>) -> String {
+    value.map_or_else(|| "none".to_owned(), |value| format!("{value:?}"))
 }
 
 #[cfg(all(test, feature = "stand-in"))]

@@ -172,7 +172,7 @@ fn print_instructions(port: u16, ca_file: &Path, session: &str, admin: Option<So
     let ca_file = std::path::absolute(ca_file).unwrap_or_else(|_| ca_file.to_owned());
     println!("{}", instructions(port, &ca_file, session));
     if let Some(admin) = admin {
-        println!("Metrics: curl http://{admin}/metrics   Readiness: curl http://{admin}/readyz\n");
+        println!("Admin listener: curl http://{admin}/metrics (or /livez, /readyz)\n");
     }
 }
 

@@ -21,6 +21,24 @@ use crate::session::SessionError;
 use crate::tokens::{MINT_RETRY_AFTER_SECS, MintError};
 use crate::websocket::HandshakeError;
 
+/// Formats `error` with its chain of sources, such as "client error
+/// (Connect): tcp connect error: Connection refused (os error 111)", so a
+/// log line says why a connection failed. A source whose text the previous
+/// one already contains is skipped.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The party that caused an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -50,7 +68,7 @@ pub enum GatewayError {
     Handshake(#[from] HandshakeError),
     #[error("minting a Cartesia access token failed: {0}")]
     Mint(Arc<MintError>),
-    #[error("connecting to the upstream failed: {0}")]
+    #[error("connecting to the upstream failed: {}", chain(.0))]
     UpstreamConnect(#[source] hyper_util::client::legacy::Error),
     #[error("the upstream did not send a response head in time")]
     UpstreamTimeout,
@@ -238,6 +256,22 @@ pub fn json_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_adds_new_sources_only() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            chain(&Outer(refused)),
+            "client error (Connect): connection refused"
+        );
+        let repeated = std::io::Error::other("client error");
+        assert_eq!(chain(&Outer(repeated)), "client error (Connect)");
+    }
 
     #[test]
     fn side_decides_status_class() {

@@ -431,8 +431,8 @@ fn load_api_key(
         }
         None => {
             let value = read_env(API_KEY_ENV).ok_or_else(|| {
-                invalid(format!(
-                    "no Cartesia API key: set the {API_KEY_ENV} environment variable or upstream.api_key_file"
+                ConfigError::Missing(format!(
+                    "Cartesia API key: set the {API_KEY_ENV} environment variable or upstream.api_key_file"
                 ))
             })?;
             (

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cartesia_gateway::config::ConfigError;
+use cartesia_gateway::config::{ConfigError, DEFAULT_CONFIG_FILE};
 use cartesia_gateway::{Config, Gateway, cert_reload, telemetry};
 
 const USAGE: &str = "\
@@ -20,6 +20,10 @@ gateway would run with, secrets redacted.
 `demo` runs it against a local Cartesia stand-in on 127.0.0.1, creating a
 development certificate in certs/ if needed, and prints a demo session.
 
+Environment: CARTESIA_GATEWAY__<SECTION>__<KEY> overrides any config key,
+RUST_LOG overrides log.level, and CARTESIA_API_KEY holds the Cartesia API
+key unless upstream.api_key_file is set.
+
 Exit codes: 0 success, 1 invalid config or startup failure (the message
 names the key or file), 2 invalid command-line arguments.
 
@@ -30,7 +34,7 @@ Options:
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let mut config_path = PathBuf::from("config.toml");
+    let mut config_path = PathBuf::from(DEFAULT_CONFIG_FILE);
     let mut command = Command::Run;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -195,7 +199,7 @@ fn reload_certificate_on_hangup(_gateway: &Arc<Gateway>) {}
 /// how to point at it.
 fn load_config(path: &Path) -> Result<Config, String> {
     Config::load(path).map_err(|error| match error {
-        ConfigError::Read { .. } => format!(
+        ConfigError::Read { .. } if path == Path::new(DEFAULT_CONFIG_FILE) => format!(
             "{error}; run from the directory that contains config.toml or pass --config PATH"
         ),
         other => other.to_string(),

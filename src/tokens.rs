@@ -81,7 +81,7 @@ pub enum MintError {
     /// Any other status than 200 or a 4xx.
     #[error("Cartesia answered the token request with {0}")]
     Status(StatusCode),
-    #[error("the request failed: {0}")]
+    #[error("the request failed: {}", crate::error::chain(.0))]
     Transport(#[source] hyper_util::client::legacy::Error),
     #[error("reading the response failed")]
     Body,

@@ -192,13 +192,21 @@ fn override_name(section: &str, key: &str) -> String {
 }
 
 /// Describes the result as text, or the key of a validation error. Parse errors
-/// compare equal to each other because their message names the source.
+/// compare equal to each other because their message names the source, and
+/// the note that names the environment variable behind a value is left out.
 fn outcome(result: Result<Config, ConfigError>) -> String {
     match result {
         Ok(config) => format!("{config:?}"),
-        Err(ConfigError::Invalid { key, message }) => format!("invalid {key}: {message}"),
+        Err(ConfigError::Invalid { key, message }) => {
+            let message = message
+                .split(" (set by the environment variable ")
+                .next()
+                .unwrap_or_default();
+            format!("invalid {key}: {message}")
+        }
         Err(ConfigError::Parse(_)) => "parse error".to_owned(),
         Err(ConfigError::Read { .. }) => "read error".to_owned(),
+        Err(ConfigError::Missing(what)) => format!("missing {what}"),
     }
 }
 

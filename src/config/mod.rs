@@ -30,6 +30,8 @@ use crate::routes::{Grant, Grants};
 
 pub use env::ENV_PREFIX;
 
+/// Config file read when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 /// Default address of the HTTPS listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Default certificate chain file (PEM).
@@ -126,6 +128,9 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A required setting that neither the file nor the environment gives.
+    #[error("missing {0}")]
+    Missing(String),
 }
 
 impl ConfigError {
