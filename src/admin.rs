@@ -89,11 +89,12 @@ pub async fn serve(
             match acceptor {
                 None => serve_connection(stream, gateway, handle).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, gateway, handle).await,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, "admin TLS handshake failed");
-                        }
+                    // A plain-HTTP client gets the same 400 as on the HTTPS
+                    // listener.
+                    let accepted = crate::server::accept_tls(stream, &acceptor);
+                    match tokio::time::timeout(CLIENT_TIMEOUT, accepted).await {
+                        Ok(Some(tls)) => serve_connection(tls, gateway, handle).await,
+                        Ok(None) => {}
                         Err(_) => tracing::debug!("admin TLS handshake timed out"),
                     }
                 }

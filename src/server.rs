@@ -202,7 +202,7 @@ async fn no_request_within(request_seen: &AtomicBool, timeout: Duration) {
 
 /// Completes the TLS handshake, or sends a plain-HTTP client a 400
 /// and returns `None`.
-async fn accept_tls(
+pub(crate) async fn accept_tls(
     mut stream: TcpStream,
     acceptor: &TlsAcceptor,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {

@@ -361,6 +361,10 @@ async fn admin_listener_can_serve_https() {
         .unwrap();
     let response = harness.client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
+
+    let (status, _, body) = harness.admin_get("/readyz").await;
+    assert_eq!(status, 400, "plain HTTP on the TLS admin port: {body}");
+    assert!(body.contains("https_required"), "{body}");
 }
 
 #[tokio::test]
