@@ -100,6 +100,11 @@ fn describe(config: &Config, fingerprint: &str, rust_log: Option<&str>) -> Strin
     );
     let _ = writeln!(
         out,
+        "server.http2_idle_timeout_secs = {}",
+        secs(server.http2_idle_timeout)
+    );
+    let _ = writeln!(
+        out,
         "server.cert_reload_interval_secs = {}",
         server.cert_reload_interval.map_or(0, secs)
     );

@@ -251,7 +251,7 @@ impl Metrics {
         );
         registry.register(
             "connections_open",
-            "Client connections open on the HTTPS listener",
+            "Client connections served as HTTP on the HTTPS listener; upgraded WebSockets count in websockets_open",
             metrics.connections_open.clone(),
         );
         registry.register(

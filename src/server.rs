@@ -6,16 +6,20 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body::{Body, Frame, SizeHint};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -58,7 +62,7 @@ pub async fn serve(
         .map(|interval| cert_reload::watch(Arc::clone(&gateway), interval));
     let connection_slots = Arc::new(Semaphore::new(gateway.config().server.max_connections));
     tracing::info!(address = %listener.local_addr()?, "gateway listening");
-    // Readiness turns false at the signal; accepting goes on for
+    // Readiness turns false at the signal. Accepting goes on for
     // `server.shutdown_delay`, so load balancers stop sending connections
     // before the listener closes.
     let delay = gateway.config().server.shutdown_delay;
@@ -146,13 +150,19 @@ async fn serve_connection(
     };
 
     let handler_gateway = Arc::clone(&gateway);
-    let request_seen = Arc::new(AtomicBool::new(false));
-    let handler_request_seen = Arc::clone(&request_seen);
+    let activity = Arc::new(Activity::new());
+    let handler_activity = Arc::clone(&activity);
     let service = service_fn(move |request| {
-        handler_request_seen.store(true, Ordering::Relaxed);
+        let open = handler_activity.request_started();
         let gateway = Arc::clone(&handler_gateway);
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request, connection).await) }
+        async move {
+            let response = gateway.handle(request, connection).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                inner: body,
+                _open: open,
+            }))
+        }
     });
 
     let settings = &gateway.config().server;
@@ -170,11 +180,17 @@ async fn serve_connection(
         .keep_alive_timeout(settings.http2_keep_alive_timeout);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(served);
+    let idle = activity.idle(settings.header_read_timeout, settings.http2_idle_timeout);
     let result = tokio::select! {
         result = served.as_mut() => result,
-        () = no_request_within(&request_seen, settings.header_read_timeout) => {
-            tracing::debug!("header read timeout passed without a request; closing the connection");
-            return;
+        first_request = idle => {
+            if first_request {
+                tracing::debug!("header read timeout passed without a request; closing the connection");
+                return;
+            }
+            tracing::debug!("connection idle; closing it");
+            served.as_mut().graceful_shutdown();
+            served.await
         }
         () = shutdown.signalled() => {
             served.as_mut().graceful_shutdown();
@@ -186,17 +202,105 @@ async fn serve_connection(
     }
 }
 
-/// Completes once `timeout` has passed without a request reaching the
-/// handler, and never after one has.
-///
-/// hyper's `header_read_timeout` starts only once `auto::Builder` has
-/// detected the protocol from the first bytes the client sends, so a
-/// client that completes TLS and then sends nothing would hold its
-/// connection slot forever without this.
-async fn no_request_within(request_seen: &AtomicBool, timeout: Duration) {
-    tokio::time::sleep(timeout).await;
-    if request_seen.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
+/// Requests open on one connection and when the last one ended, for the
+/// idle timeouts.
+struct Activity {
+    started: Instant,
+    open: AtomicUsize,
+    requests_seen: AtomicBool,
+    /// Milliseconds from `started` to the end of the last request.
+    last_end_ms: AtomicU64,
+    /// Wakes [`Activity::idle`] when a request starts or ends.
+    changed: Notify,
+}
+
+/// Marks a request as open until dropped with its response body.
+struct OpenRequest(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            open: AtomicUsize::new(0),
+            requests_seen: AtomicBool::new(false),
+            last_end_ms: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> OpenRequest {
+        self.requests_seen.store(true, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// Completes once the connection has had no open request for
+    /// `first_request` before its first request, or for `later` after it.
+    /// Returns whether no request ever came.
+    ///
+    /// hyper's `header_read_timeout` starts only once `auto::Builder` has
+    /// detected the protocol from the first bytes the client sends, so a
+    /// client that completes TLS and then sends nothing would hold its
+    /// connection slot forever without the first limit. The later one
+    /// matters for HTTP/2, where hyper has no idle timeout; an idle
+    /// HTTP/1.1 connection meets hyper's `header_read_timeout` first.
+    async fn idle(&self, first_request: Duration, later: Duration) -> bool {
+        loop {
+            let seen = self.requests_seen.load(Ordering::Relaxed);
+            let limit = if seen { later } else { first_request };
+            if self.open.load(Ordering::Acquire) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+            let deadline = tokio::time::Instant::from_std(self.started + last_end + limit);
+            if tokio::time::Instant::now() >= deadline {
+                return !seen;
+            }
+            // `notify_one` keeps a wake-up for a change made before this
+            // wait starts, so none is missed.
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_end_ms.store(elapsed, Ordering::Relaxed);
+        activity.open.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as open.
+struct Tracked<B> {
+    inner: B,
+    _open: OpenRequest,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -1078,3 +1078,65 @@ async fn busy_websocket_outlives_idle_timeout() {
         .count();
     assert_eq!(stt_upgrades, 1, "one WebSocket reached the stand-in");
 }
+
+#[tokio::test]
+async fn idle_http2_connection_closed_after_idle_timeout() {
+    let harness = Harness::start_with(Options {
+        server: "http2_idle_timeout_secs = 1",
+        ..Options::default()
+    })
+    .await;
+    let session = harness.session("idle-h2", &["tts"]);
+    let mut config =
+        (*cartesia_gateway::tls::client_config(Some(&harness.certs.ca_file)).unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = TcpStream::connect(harness.addr).await.unwrap();
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), stream)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+
+    // A response that pauses for longer than the idle timeout keeps the
+    // connection open: an open request is not idle.
+    let transcript = "Hi";
+    let gate = Arc::new(Semaphore::new(0));
+    harness
+        .stand_in
+        .faults()
+        .set_stream_gate(Some(Arc::clone(&gate)));
+    let response = sender
+        .send_request(tts_request(&harness.url(), &session, transcript))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = tokio::spawn(response.into_body().collect());
+    for _ in 0..expected_chunks(transcript) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gate.add_permits(1);
+    }
+    let body = tokio::time::timeout(PROMPT, body)
+        .await
+        .expect("the body ends in time")
+        .unwrap()
+        .expect("the paused response is not cut")
+        .to_bytes();
+    assert_eq!(body.len(), WAV_HEADER_LEN + expected_audio_len(transcript));
+
+    // Without open requests, the gateway closes the connection.
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(PROMPT, connection)
+        .await
+        .expect("the idle connection is closed in time")
+        .unwrap();
+    assert!(closed.is_ok(), "a graceful close: {closed:?}");
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(800),
+        "closed only after the idle timeout: {:?}",
+        idle_since.elapsed()
+    );
+}

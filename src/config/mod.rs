@@ -53,6 +53,8 @@ pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Default maximum request body of the HTTP routes: Cartesia's own limit
 /// for STT uploads, 2 GB.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 2_000_000_000;
+/// Default time an HTTP/2 connection may stay without open requests.
+pub const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default interval of HTTP/2 keep-alive pings to clients.
 pub const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time to wait for a ping acknowledgement before closing.
@@ -178,6 +180,9 @@ pub struct ServerConfig {
     pub max_request_body_bytes: u64,
     pub http2_keep_alive_interval: Duration,
     pub http2_keep_alive_timeout: Duration,
+    /// Time an HTTP/2 connection may stay without open requests before the
+    /// gateway closes it with GOAWAY.
+    pub http2_idle_timeout: Duration,
     /// How often the certificate files are checked for changes; `None`
     /// reloads only on SIGHUP.
     pub cert_reload_interval: Option<Duration>,

@@ -53,6 +53,7 @@ struct RawServer {
     max_request_body_bytes: Option<u64>,
     http2_keep_alive_interval_secs: Option<u64>,
     http2_keep_alive_timeout_secs: Option<u64>,
+    http2_idle_timeout_secs: Option<u64>,
     cert_reload_interval_secs: Option<u64>,
 }
 
@@ -227,6 +228,11 @@ impl RawServer {
                 "server.http2_keep_alive_timeout_secs",
                 self.http2_keep_alive_timeout_secs,
                 DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+            )?,
+            http2_idle_timeout: positive_secs(
+                "server.http2_idle_timeout_secs",
+                self.http2_idle_timeout_secs,
+                DEFAULT_HTTP2_IDLE_TIMEOUT,
             )?,
             cert_reload_interval: match self.cert_reload_interval_secs {
                 None => Some(DEFAULT_CERT_RELOAD_INTERVAL),
