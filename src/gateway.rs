@@ -66,6 +66,14 @@ pub struct Authorized {
     pub token_source: TokenSource,
 }
 
+/// What [`Gateway::admit`] decided for a request that passed its checks.
+enum Admitted {
+    /// The gateway answers by itself, as for a CORS preflight.
+    Answered(Response<ResponseBody>),
+    Http(Authorized),
+    WebSocket(websocket::ClientHandshake, Authorized),
+}
+
 /// Per-connection facts the handler needs.
 #[derive(Clone)]
 pub struct Connection {
@@ -205,7 +213,10 @@ impl Gateway {
         async move {
             let origin = self.cors.check(request.headers());
             let result = match route {
-                None => Err(GatewayError::NotFound),
+                None => {
+                    proxy::discard_body(request.into_body());
+                    Err(GatewayError::NotFound)
+                }
                 Some(route) => {
                     self.dispatch(route, request, &connection, &origin, &mut record)
                         .await
@@ -257,9 +268,39 @@ impl Gateway {
         origin: &OriginCheck,
         record: &mut AccessRecord,
     ) -> Result<Response<ResponseBody>, GatewayError> {
+        match self.admit(route, &mut request, origin, record).await {
+            Ok(Admitted::Answered(response)) => Ok(response),
+            Ok(Admitted::Http(authorized)) => {
+                proxy::forward(self, request, &authorized, record).await
+            }
+            Ok(Admitted::WebSocket(handshake, authorized)) => {
+                websocket::forward(self, request, handshake, &authorized, connection, record).await
+            }
+            Err(error) => {
+                // A declared oversized body is refused with
+                // `Connection: close` instead of being read.
+                if !matches!(error, GatewayError::BodyTooLarge) {
+                    proxy::discard_body(request.into_body());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs every check that comes before forwarding: preflight, method,
+    /// declared length, handshake, session, grant, origin and token.
+    async fn admit(
+        &self,
+        route: Route,
+        request: &mut Request<Incoming>,
+        origin: &OriginCheck,
+        record: &mut AccessRecord,
+    ) -> Result<Admitted, GatewayError> {
         if cors::is_preflight(request.method(), request.headers()) {
             return match origin {
-                OriginCheck::Allowed(_) => Ok(self.cors.preflight(route, request.headers())),
+                OriginCheck::Allowed(_) => Ok(Admitted::Answered(
+                    self.cors.preflight(route, request.headers()),
+                )),
                 OriginCheck::Absent | OriginCheck::Denied => Err(GatewayError::OriginNotAllowed),
             };
         }
@@ -288,10 +329,10 @@ impl Gateway {
                         record,
                     )
                     .await?;
-                proxy::forward(self, request, &authorized, record).await
+                Ok(Admitted::Http(authorized))
             }
             RouteKind::WebSocket => {
-                let handshake = websocket::ClientHandshake::validate(&mut request)?;
+                let handshake = websocket::ClientHandshake::validate(request)?;
                 if *origin == OriginCheck::Denied {
                     return Err(GatewayError::OriginNotAllowed);
                 }
@@ -304,7 +345,7 @@ impl Gateway {
                         record,
                     )
                     .await?;
-                websocket::forward(self, request, handshake, &authorized, connection, record).await
+                Ok(Admitted::WebSocket(handshake, authorized))
             }
         }
     }

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
@@ -42,6 +43,38 @@ use crate::gateway::{Authorized, Gateway};
 use crate::query;
 use crate::tokens::{MintedToken, TokenSource};
 use crate::upstream::{self, HttpClient};
+
+/// Longest time a rejected request's body is read and thrown away.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between two parts of a rejected request's body.
+const DISCARD_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and drops the body of a request the gateway rejected, in the
+/// background, while the error response goes out.
+///
+/// A client that sends its body without waiting for `100 Continue` (every
+/// browser, Node's `fetch`) is still writing when the rejection is sent. If
+/// the gateway closed the connection with body bytes unread, the kernel
+/// would answer them with a reset, and the client would see a broken
+/// connection instead of the JSON error. Reading goes on for at most
+/// [`DISCARD_TIMEOUT`], and stops after a pause of [`DISCARD_IDLE_TIMEOUT`];
+/// then the connection closes as before.
+pub fn discard_body(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let drain = async {
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(DISCARD_IDLE_TIMEOUT, body.frame()).await
+            {}
+        };
+        if tokio::time::timeout(DISCARD_TIMEOUT, drain).await.is_err() {
+            tracing::debug!("a rejected request's body was still arriving; closing");
+        }
+    });
+}
 
 /// Rejects a request whose `Content-Length` is above `max_body` before any
 /// token is minted or any byte is sent upstream.

@@ -1140,3 +1140,102 @@ async fn idle_http2_connection_closed_after_idle_timeout() {
         idle_since.elapsed()
     );
 }
+
+#[tokio::test]
+async fn rejected_upload_gets_json_error() {
+    let harness = Harness::start().await;
+    let no_stt = harness.session("no-stt", &["tts"]);
+    let upload = Bytes::from(vec![b'a'; 4 * 1024 * 1024]);
+    let cases = [
+        ("no session", None),
+        ("no stt grant", Some(no_stt.as_str())),
+    ];
+    for (case, session) in cases {
+        for version in PROTOCOLS {
+            // The client sends the whole body without waiting for 100
+            // Continue, as browsers do; the gateway answers before reading it.
+            let mut request = Request::post(format!("{}/stt", harness.url()))
+                .header("content-type", "application/octet-stream");
+            if let Some(session) = session {
+                request = request.header("authorization", format!("Bearer {session}"));
+            }
+            let request = request.body(Full::new(upload.clone())).unwrap();
+            let response =
+                tokio::time::timeout(PROMPT, client_for(&harness, version).request(request))
+                    .await
+                    .expect("the response arrives in time")
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "{case}, {version:?}: the connection broke: {}",
+                            error_chain(&error)
+                        )
+                    });
+            let expected = if session.is_some() { 403 } else { 401 };
+            assert_eq!(response.status().as_u16(), expected, "{case}, {version:?}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: Value = serde_json::from_slice(&body).unwrap();
+            assert!(json["error"].is_string(), "{case}, {version:?}: {json}");
+        }
+    }
+    assert_eq!(forwarded_stt(&harness), 0, "nothing was forwarded");
+}
+
+#[tokio::test]
+async fn rejected_upload_is_read_so_the_connection_survives() {
+    let harness = Harness::start().await;
+    let mut stream = harness.tls_connect().await;
+    let total = 2 * 1024 * 1024;
+    let head = format!(
+        "POST /stt HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\ncontent-length: {total}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    stream.write_all(&chunk).await.unwrap();
+
+    // The 401 arrives while most of the body is still unsent.
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("missing_session") {
+        let read = tokio::time::timeout(PROMPT, stream.read(&mut buffer))
+            .await
+            .expect("the rejection arrives in time")
+            .unwrap();
+        assert!(read > 0, "the connection closed before the rejection");
+        response.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+
+    // The rest of the body is accepted, slowly, and the connection then
+    // serves the next request.
+    let mut sent = chunk.len();
+    while sent < total {
+        stream
+            .write_all(&chunk)
+            .await
+            .unwrap_or_else(|error| panic!("writing the body failed after {sent} bytes: {error}"));
+        sent += chunk.len();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stream
+        .write_all(b"GET /nope HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    while !String::from_utf8_lossy(&next).contains("not_found") {
+        let read = tokio::time::timeout(PROMPT, stream.read(&mut buffer))
+            .await
+            .expect("the next response arrives in time")
+            .unwrap();
+        assert!(read > 0, "the connection closed after the rejected upload");
+        next.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        next.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&next)
+    );
+}
