@@ -54,8 +54,8 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Environment variable that passes the session JWT to the SDK script, which
 /// keeps it out of process listings.
 const SESSION_ENV: &str = "CARTESIA_GATEWAY_TEST_SESSION";
-/// Variables that would change how Node.js reaches 127.0.0.1 or checks
-/// certificates, or would load other code into it.
+/// Variables cleared for the script, because they could send its traffic
+/// through a proxy, turn off certificate checks or load other code.
 const CLEARED_VARIABLES: [&str; 11] = [
     "HTTP_PROXY",
     "HTTPS_PROXY",
@@ -101,7 +101,10 @@ async fn js_sdk_session_gets_speech_and_transcripts() {
     let wav = report.detail("tts.generate returns a valid WAV");
     assert_eq!(wav["sample_rate"], 16_000, "WAV report: {wav}");
     assert_eq!(wav["channels"], 1, "WAV report: {wav}");
-    assert!(wav["frames"].as_u64() > Some(0), "WAV report: {wav}");
+    assert!(
+        wav["frames"].as_u64().is_some_and(|frames| frames > 0),
+        "WAV report: {wav}"
+    );
     let batch = report.detail("stt.transcribe");
     let expected_text = format!("received {} bytes", wav["bytes"]);
     assert!(
@@ -116,7 +119,10 @@ async fn js_sdk_session_gets_speech_and_transcripts() {
     let requests = harness.stand_in.requests();
     for route in ["/tts/bytes", "/tts/sse", "/stt"] {
         let sent: Vec<&RecordedRequest> = requests.iter().filter(|r| r.path == route).collect();
-        assert!(!sent.is_empty(), "the stand-in received no request for {route}");
+        assert!(
+            !sent.is_empty(),
+            "the stand-in received no request for {route}"
+        );
         for request in sent {
             assert_eq!(
                 header(request, "x-cartesia-client"),
@@ -155,6 +161,7 @@ async fn js_sdk_session_without_stt_gets_403() {
             "stt.autoFinalize over ws gets 403",
             "stt.manualFinalize over native WebSocket is rejected",
             "stt.transcribe gets 403",
+            "stt.transcribe of 32 s gets 403",
             "no unhandled rejections",
         ],
     );
@@ -410,9 +417,9 @@ async fn run_sdk_script(
 async fn js_sdk() -> &'static JsSdk {
     static SDK: OnceCell<JsSdk> = OnceCell::const_new();
     SDK.get_or_init(|| async {
-        let node_flags = check_node()
-            .await
-            .unwrap_or_else(|message| panic!("Node.js is unusable for the JS SDK tests: {message}"));
+        let node_flags = check_node().await.unwrap_or_else(|message| {
+            panic!("Node.js is unusable for the JS SDK tests: {message}")
+        });
         let dir = ensure_install()
             .await
             .unwrap_or_else(|message| panic!("the JS SDK install is unusable: {message}"));
@@ -607,7 +614,11 @@ impl ProcessOutput {
 
     /// Parses the JSON report on the last line of stdout.
     fn report(&self) -> Report {
-        let last_line = self.stdout.lines().rev().find(|line| !line.trim().is_empty());
+        let last_line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty());
         last_line
             .and_then(|line| serde_json::from_str(line).ok())
             .unwrap_or_else(|| panic!("the SDK script printed no JSON report\n{self}"))
