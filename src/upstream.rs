@@ -177,8 +177,14 @@ const FORWARDING: [HeaderName; 5] = [
     HeaderName::from_static("x-real-ip"),
 ];
 
+/// Headers that describe the browser page behind a request. The gateway
+/// checks `Origin` itself; neither it nor the page address (which may
+/// carry the app's own query parameters) is Cartesia's business.
+const PAGE_CONTEXT: [HeaderName; 2] = [header::ORIGIN, header::REFERER];
+
 /// Prepares client request headers for the upstream: drops hop-by-hop
-/// headers, `Host`, forwarding headers and every client credential, then
+/// headers, `Host`, forwarding and page headers and every client
+/// credential, then
 /// attaches the minted token and, when the client sent no version, the
 /// default `Cartesia-Version`.
 pub fn prepare_request_headers(
@@ -189,7 +195,7 @@ pub fn prepare_request_headers(
 ) {
     remove_hop_by_hop(headers);
     headers.remove(header::HOST);
-    for name in &FORWARDING {
+    for name in FORWARDING.iter().chain(&PAGE_CONTEXT) {
         headers.remove(name);
     }
     headers.remove(header::COOKIE);

@@ -1204,3 +1204,31 @@ async fn trusted_proxy_forwarded_for_is_logged() {
         }
     }
 }
+
+#[tokio::test]
+async fn page_headers_stay_at_the_gateway() {
+    let harness = start(Options::default()).await;
+    let session = harness.session("page-user", &["tts"]);
+    let request = Request::post(format!("{}/tts/bytes", harness.url()))
+        .header("cookie", format!("session={session}"))
+        .header("origin", APP_ORIGIN)
+        .header("referer", format!("{APP_ORIGIN}/studio?draft=42"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(tts_bytes_body("Page").to_string())))
+        .unwrap();
+    let (response, body) = harness.send(request).await;
+    assert_eq!(response.status(), StatusCode::OK, "{body:?}");
+    let forwarded = harness
+        .stand_in
+        .requests()
+        .into_iter()
+        .find(|request| request.path == "/tts/bytes")
+        .expect("the request was forwarded");
+    for name in ["origin", "referer", "cookie"] {
+        assert!(
+            forwarded.headers.iter().all(|(header, _)| header != name),
+            "{name} reached the upstream: {:?}",
+            forwarded.headers
+        );
+    }
+}
