@@ -2,7 +2,8 @@
 //!
 //! Every metric lives in the gateway's own registry, so several gateways in
 //! one process (as in the tests) never share counts. Names start with
-//! `cartesia_gateway_`, durations are in seconds and byte counts in bytes.
+//! `cartesia_gateway_`, except the conventional `process_*` metrics;
+//! durations are in seconds and byte counts in bytes.
 //! Labels take values from fixed sets (routes, status classes, reasons,
 //! directions); nothing carries a user id, a token or a client address.
 //!
@@ -136,6 +137,7 @@ pub struct Metrics {
     connections_open: Gauge,
     ready: Gauge,
     certificate_expiry: Gauge,
+    process: Process,
 }
 
 fn duration_histogram() -> Histogram {
@@ -149,7 +151,9 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Creates and registers every metric, at zero.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("cartesia_gateway");
+        let mut root = Registry::default();
+        let process = Process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("cartesia_gateway");
         let metrics = Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
@@ -168,6 +172,7 @@ impl Metrics {
             ready: Gauge::default(),
             certificate_expiry: Gauge::default(),
             registry: Registry::default(),
+            process: Process::default(),
         };
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -267,7 +272,8 @@ impl Metrics {
         );
         metrics.create_fixed_series();
         Metrics {
-            registry,
+            registry: root,
+            process,
             ..metrics
         }
     }
@@ -309,8 +315,10 @@ impl Metrics {
         }
     }
 
-    /// Writes every metric in the OpenMetrics text format.
+    /// Writes every metric in the OpenMetrics text format, with the process
+    /// metrics read just before.
     pub fn render(&self) -> String {
+        self.process.update();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -433,6 +441,116 @@ impl Default for Metrics {
     }
 }
 
+/// The conventional `process_*` metrics, read from `/proc/self` on Linux
+/// at each scrape. Elsewhere they stay at 0.
+#[derive(Default)]
+struct Process {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// CPU seconds already added to `cpu_seconds`, as `f64` bits.
+    cpu_seconds_seen: std::sync::atomic::AtomicU64,
+    resident_memory_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time_seconds: Gauge,
+}
+
+/// Clock ticks per second in `/proc/self/stat`, which Linux fixes at 100
+/// for user space (`USER_HZ`).
+const USER_HZ: f64 = 100.0;
+
+impl Process {
+    fn register(root: &mut Registry) -> Process {
+        let process = Process::default();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        process
+            .start_time_seconds
+            .set(i64::try_from(started).unwrap_or(i64::MAX));
+        root.register_with_unit(
+            "process_cpu",
+            "User and system CPU time of the gateway process",
+            Unit::Seconds,
+            process.cpu_seconds.clone(),
+        );
+        root.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the gateway process",
+            Unit::Bytes,
+            process.resident_memory_bytes.clone(),
+        );
+        root.register(
+            "process_open_fds",
+            "Open file descriptors",
+            process.open_fds.clone(),
+        );
+        root.register(
+            "process_max_fds",
+            "Soft limit on open file descriptors",
+            process.max_fds.clone(),
+        );
+        root.register_with_unit(
+            "process_start_time",
+            "Unix time at which the gateway's metrics were created, close to the process start",
+            Unit::Seconds,
+            process.start_time_seconds.clone(),
+        );
+        process
+    }
+
+    fn update(&self) {
+        if let Some(cpu) = read_cpu_seconds() {
+            let seen = f64::from_bits(
+                self.cpu_seconds_seen
+                    .swap(cpu.to_bits(), std::sync::atomic::Ordering::Relaxed),
+            );
+            if cpu > seen {
+                self.cpu_seconds.inc_by(cpu - seen);
+            }
+        }
+        if let Some(kib) = read_status_kib("VmRSS:") {
+            self.resident_memory_bytes
+                .set(i64::try_from(kib.saturating_mul(1024)).unwrap_or(i64::MAX));
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds
+                .set(i64::try_from(entries.count()).unwrap_or(i64::MAX));
+        }
+        if let Some(limit) = read_open_files_limit() {
+            self.max_fds.set(limit);
+        }
+    }
+}
+
+/// User plus system CPU seconds from `/proc/self/stat`.
+fn read_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name in parentheses may contain spaces; fields after it
+    // are space-separated, utime and stime being the 12th and 13th.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / USER_HZ)
+}
+
+/// The value in KiB of a `/proc/self/status` line such as `VmRSS:`.
+fn read_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The soft limit of "Max open files" in `/proc/self/limits`.
+fn read_open_files_limit() -> Option<i64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    soft.parse().ok()
+}
+
 /// Message and byte counters of one WebSocket direction.
 #[derive(Clone, Default)]
 pub struct Traffic {
@@ -516,6 +634,27 @@ mod tests {
         );
         assert_eq!(sample(&text, &build), Some(1.0), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn process_metrics_are_read_on_linux() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(
+            sample(&text, "process_resident_memory_bytes") > Some(1.0e6),
+            "{text}"
+        );
+        assert!(sample(&text, "process_open_fds") >= Some(3.0), "{text}");
+        assert!(sample(&text, "process_max_fds") >= Some(64.0), "{text}");
+        assert!(
+            sample(&text, "process_cpu_seconds_total") >= Some(0.0),
+            "{text}"
+        );
+        assert!(
+            sample(&text, "process_start_time_seconds") > Some(1.7e9),
+            "{text}"
+        );
     }
 
     #[test]

@@ -382,6 +382,7 @@ async fn dashboard_queries_only_exposed_metrics() {
     .unwrap();
     let mut names: Vec<&str> = dashboard
         .match_indices("cartesia_gateway_")
+        .chain(dashboard.match_indices("process_"))
         .map(|(start, _)| {
             let rest = &dashboard[start..];
             let end = rest
