@@ -206,7 +206,11 @@ impl Drop for AccessRecord {
 }
 
 impl Facts {
-    fn write(self) {
+    fn write(mut self) {
+        // Without a status, the client went away before the response head.
+        if self.status.is_none() {
+            self.reason.get_or_insert(CLIENT_CLOSED);
+        }
         let duration = self.started.elapsed();
         let first_byte = self.first_byte.or(self.head);
         if !self.observed {

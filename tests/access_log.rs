@@ -224,6 +224,28 @@ async fn access_events_have_the_fields_and_no_secrets() {
     harness.stand_in.faults().set_stream_gate(None);
     gate.add_permits(1000);
 
+    // A client that goes away while the token is still being minted.
+    harness
+        .stand_in
+        .faults()
+        .delay_mints(Some(Duration::from_secs(2)));
+    let slow = format!("Bearer {}", harness.session("access-slow-user", &["tts"]));
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        post_tts_bytes(&harness, "/tts/bytes", &[("authorization", &slow)]),
+    )
+    .await;
+    assert!(gone.is_err(), "the client gave up before the response");
+    let left = log
+        .wait_for(|event| event["user_id"] == "access-slow-user")
+        .await;
+    assert_eq!(left["reason"], "client_closed", "{left}");
+    assert!(
+        left.get("status").is_none(),
+        "no response head was sent: {left}"
+    );
+    harness.stand_in.faults().delay_mints(None);
+
     // A WebSocket session, written when it closes.
     let ws_session = harness.session("access-ws-user", &["tts"]);
     let path = format!("/tts/websocket?access_token={ws_session}");
