@@ -210,7 +210,12 @@ impl Gateway {
             method = %method,
             route = route.map_or("unknown", Route::path),
         );
-        async move {
+        // The record stays outside the span, so that its access event,
+        // written when the record is dropped, carries only its own fields,
+        // also when the client leaves before the response head.
+        let record_ref = &mut record;
+        let response = async move {
+            let record = record_ref;
             let origin = self.cors.check(request.headers());
             let result = match route {
                 None => {
@@ -218,7 +223,7 @@ impl Gateway {
                     Err(GatewayError::NotFound)
                 }
                 Some(route) => {
-                    self.dispatch(route, request, &connection, &origin, &mut record)
+                    self.dispatch(route, request, &connection, &origin, record)
                         .await
                 }
             };
@@ -232,16 +237,17 @@ impl Gateway {
                     response
                 }
                 Err(error) => {
-                    self.record_error(&error, &mut record);
+                    self.record_error(&error, record);
                     error.to_response()
                 }
             };
             self.add_response_headers(&mut response, &origin);
-            record.response_head(response.status().as_u16());
-            response.map(|body| AccessBody::new(body, record))
+            response
         }
         .instrument(span)
-        .await
+        .await;
+        record.response_head(response.status().as_u16());
+        response.map(|body| AccessBody::new(body, record))
     }
 
     /// Adds HSTS to every response, and the CORS headers to responses for
@@ -460,15 +466,23 @@ fn load_api_key(
     config: &Config,
     read_env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Secret, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid {
-        key: "upstream.api_key_file".to_owned(),
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_owned(),
         message,
     };
-    let (source, value) = match &config.upstream.api_key_file {
+    let (key, source, value) = match &config.upstream.api_key_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| invalid(format!("cannot read {}: {error}", path.display())))?;
-            (path.display().to_string(), text.trim().to_owned())
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                invalid(
+                    "upstream.api_key_file",
+                    format!("cannot read {}: {error}", path.display()),
+                )
+            })?;
+            (
+                "upstream.api_key_file",
+                path.display().to_string(),
+                text.trim().to_owned(),
+            )
         }
         None => {
             let value = read_env(API_KEY_ENV).ok_or_else(|| {
@@ -477,15 +491,19 @@ fn load_api_key(
                 ))
             })?;
             (
+                API_KEY_ENV,
                 format!("the {API_KEY_ENV} environment variable"),
                 value.trim().to_owned(),
             )
         }
     };
     if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err(invalid(format!(
-            "the Cartesia API key in {source} is empty or contains spaces or control characters"
-        )));
+        return Err(invalid(
+            key,
+            format!(
+                "the Cartesia API key in {source} is empty or contains spaces or control characters"
+            ),
+        ));
     }
     Ok(Secret::new(value))
 }

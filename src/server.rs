@@ -105,14 +105,13 @@ pub async fn serve(
         let Some(handle) = controller.handle() else {
             break;
         };
-        let span = tracing::debug_span!("conn", client.addr = %peer);
         let connection = Connection {
             peer,
             shutdown: handle,
             slot: Arc::new(slot),
         };
         let task = serve_connection(stream, connection, acceptor.clone(), Arc::clone(&gateway));
-        tokio::spawn(task.instrument(span));
+        tokio::spawn(task);
     }
     drop(listener);
     drop(certificate_watcher);
@@ -139,12 +138,18 @@ async fn serve_connection(
     let mut shutdown = connection.shutdown.clone();
     let _open = gateway.metrics().connection_opened();
     let _ = stream.set_nodelay(true);
+    let peer = connection.peer;
+    // Only the handshake runs in the connection's span. Request handling
+    // has spans of its own, and an access event written while the
+    // connection is polled would otherwise carry this span's fields too.
+    let span = tracing::debug_span!("conn", client.addr = %peer);
     let handshake_timeout = gateway.config().server.tls_handshake_timeout;
-    let tls = match tokio::time::timeout(handshake_timeout, accept_tls(stream, &acceptor)).await {
+    let handshake = tokio::time::timeout(handshake_timeout, accept_tls(stream, &acceptor));
+    let tls = match handshake.instrument(span).await {
         Ok(Some(tls)) => tls,
         Ok(None) => return,
         Err(_) => {
-            tracing::debug!("TLS handshake timed out");
+            tracing::debug!(client.addr = %peer, "TLS handshake timed out");
             return;
         }
     };
@@ -185,10 +190,13 @@ async fn serve_connection(
         result = served.as_mut() => result,
         first_request = idle => {
             if first_request {
-                tracing::debug!("header read timeout passed without a request; closing the connection");
+                tracing::debug!(
+                    client.addr = %peer,
+                    "header read timeout passed without a request; closing the connection"
+                );
                 return;
             }
-            tracing::debug!("connection idle; closing it");
+            tracing::debug!(client.addr = %peer, "connection idle; closing it");
             served.as_mut().graceful_shutdown();
             served.await
         }
@@ -198,7 +206,7 @@ async fn serve_connection(
         }
     };
     if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an error");
+        tracing::debug!(client.addr = %peer, %error, "connection ended with an error");
     }
 }
 
