@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod echo;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::Path;
