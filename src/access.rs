@@ -48,7 +48,7 @@ impl ByteCount {
     }
 }
 
-/// How a relayed WebSocket ended.
+/// End of a relayed WebSocket: its close code and the party that closed.
 #[derive(Clone, Copy, Debug)]
 pub struct WebSocketEnd {
     pub close_code: u16,
@@ -139,7 +139,7 @@ impl AccessRecord {
         }
     }
 
-    /// The counter that the request body adds its bytes to.
+    /// Returns the counter that the request body adds its bytes to.
     pub fn bytes_in(&self) -> ByteCount {
         self.0
             .as_ref()
@@ -173,7 +173,7 @@ impl AccessRecord {
         AccessRecord(self.0.take())
     }
 
-    /// Whether the facts were handed over.
+    /// Returns whether the facts were handed over.
     pub fn is_handed_over(&self) -> bool {
         self.0.is_none()
     }

@@ -142,7 +142,8 @@ async fn serve_connection<S>(
     }
 }
 
-/// Answers one admin request. hyper leaves out the body of a `HEAD` answer.
+/// Builds the response to one admin request. hyper leaves out the body of
+/// a response to `HEAD`.
 fn respond(
     gateway: &Arc<Gateway>,
     request: &Request<hyper::body::Incoming>,
@@ -203,7 +204,7 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Runs `main` (the HTTPS listener's [`crate::serve`]) with the admin
 /// listener beside it when `listener` is given. The admin listener keeps
-/// answering while `main` drains, so probes see readiness turn false, and
+/// serving while `main` drains, so probes see readiness turn false, and
 /// stops once `main` has returned.
 pub async fn serve_alongside(
     listener: Option<TcpListener>,

@@ -23,7 +23,7 @@ use crate::websocket::HandshakeError;
 
 /// Formats `error` with its chain of sources, such as "client error
 /// (Connect): tcp connect error: Connection refused (os error 111)", so a
-/// log line says why a connection failed. A source whose text the previous
+/// log line shows why a connection failed. A source whose text the previous
 /// one already contains is skipped.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

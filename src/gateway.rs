@@ -66,9 +66,9 @@ pub struct Authorized {
     pub token_source: TokenSource,
 }
 
-/// What [`Gateway::admit`] decided for a request that passed its checks.
+/// Decision of [`Gateway::admit`] for a request that passed its checks.
 enum Admitted {
-    /// The gateway answers by itself, as for a CORS preflight.
+    /// A response the gateway makes itself, as for a CORS preflight.
     Answered(Response<ResponseBody>),
     Http(Authorized),
     WebSocket(websocket::ClientHandshake, Authorized),
@@ -158,8 +158,8 @@ impl Gateway {
         readiness
     }
 
-    /// The metrics in the OpenMetrics text format, with the readiness and
-    /// certificate gauges brought up to date first.
+    /// Renders the metrics in the OpenMetrics text format, after bringing
+    /// the readiness and certificate gauges up to date.
     pub fn render_metrics(self: &Arc<Self>) -> String {
         self.readiness();
         let certificate = self.certificate.current();

@@ -7,7 +7,7 @@
 //! - the Cartesia API key is present (the gateway does not start without
 //!   one, so this is true once it runs);
 //! - the last call to `POST /access-token` did not fail with a permanent
-//!   error (a 4xx, such as a rejected API key, or a malformed answer).
+//!   error (a 4xx, such as a rejected API key, or a malformed response).
 //!   Transient failures (5xx, timeouts) leave readiness alone, since the
 //!   next mint may succeed and other replicas would fail the same way.
 //!
@@ -31,7 +31,7 @@ pub const MINT_RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Health {
     shutting_down: AtomicBool,
-    /// Why the last mint failed permanently; `None` after a success.
+    /// Reason of the last permanent mint failure, or `None` after a success.
     mint_failure: Mutex<Option<String>>,
     /// When the last background mint started.
     last_recheck: Mutex<Option<Instant>>,
@@ -79,8 +79,9 @@ impl Health {
         *failure = permanent_failure;
     }
 
-    /// Whether a background mint should start now to find out whether a
-    /// permanent mint failure has cleared. Returns true at most once per
+    /// Returns whether a background mint should start now, to find out
+    /// whether a permanent mint failure has cleared. The time of the last
+    /// recheck, kept under a lock, limits this to once per
     /// [`MINT_RECHECK_INTERVAL`], and only while minting is failing.
     pub fn take_mint_recheck(&self, now: Instant) -> bool {
         if self.mint_failure().is_none() {
@@ -193,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn rechecks_only_while_failing_and_at_most_once_per_interval() {
+    fn recheck_limited_to_failures_and_interval() {
         let health = Health::new();
         let start = Instant::now();
         assert!(!health.take_mint_recheck(start));

@@ -174,6 +174,7 @@ impl Metrics {
             registry: Registry::default(),
             process: Process::default(),
         };
+
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -182,94 +183,111 @@ impl Metrics {
             .set(1);
         registry.register(
             "build_info",
-            "Always 1; the version label is the gateway's version",
+            "Always 1. The version label is the gateway's version",
             build,
         );
+
         registry.register(
             "requests",
-            "Requests answered, by route and status class (a WebSocket counts once, at its 101)",
+            "Requests with a response, by route and status class (a WebSocket counts once, at its 101)",
             metrics.requests.clone(),
         );
+
         registry.register_with_unit(
             "request_duration",
             "Time from the request to the end of the response body; for WebSockets, to the 101",
             Unit::Seconds,
             metrics.request_duration.clone(),
         );
+
         registry.register_with_unit(
             "time_to_first_byte",
             "Time from the request to the first byte of the response body",
             Unit::Seconds,
             metrics.time_to_first_byte.clone(),
         );
+
         registry.register(
             "token_cache_hits",
             "Requests served with a cached Cartesia access token",
             metrics.token_cache_hits.clone(),
         );
+
         registry.register(
             "token_cache_misses",
             "Requests that found no cached Cartesia access token and waited for a mint, failed ones included",
             metrics.token_cache_misses.clone(),
         );
+
         registry.register(
             "token_mints",
             "Calls to Cartesia's POST /access-token, by result (throttled: no call was made)",
             metrics.token_mints.clone(),
         );
+
         registry.register_with_unit(
             "token_mint_duration",
             "Duration of each call to Cartesia's POST /access-token",
             Unit::Seconds,
             metrics.token_mint_duration.clone(),
         );
+
         registry.register(
             "websockets_open",
             "WebSockets being relayed, by route",
             metrics.websockets_open.clone(),
         );
+
         registry.register(
             "websocket_messages",
             "WebSocket messages relayed (text, binary, ping, pong), by direction",
             metrics.websocket_messages.clone(),
         );
+
         registry.register_with_unit(
             "websocket",
             "WebSocket message payload relayed, by direction",
             Unit::Bytes,
             metrics.websocket_bytes.clone(),
         );
+
         registry.register(
             "websocket_closes",
             "WebSockets ended, by the party that closed them",
             metrics.websocket_closes.clone(),
         );
+
         registry.register(
             "session_rejections",
             "Requests refused for their session: missing, invalid or expired, or without the route's grant",
             metrics.session_rejections.clone(),
         );
+
         registry.register(
             "upstream_errors",
             "Failures of forwarded requests to the Cartesia API, by kind; failed mints count in token_mints",
             metrics.upstream_errors.clone(),
         );
+
         registry.register(
             "connections_open",
             "Client connections served as HTTP on the HTTPS listener; upgraded WebSockets count in websockets_open",
             metrics.connections_open.clone(),
         );
+
         registry.register(
             "ready",
             "1 while /readyz reports ready, else 0",
             metrics.ready.clone(),
         );
+
         registry.register_with_unit(
             "certificate_expiry_timestamp",
             "Unix time at which the served certificate expires",
             Unit::Seconds,
             metrics.certificate_expiry.clone(),
         );
+
         metrics.create_fixed_series();
         Metrics {
             registry: root,
@@ -320,7 +338,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.process.update();
         let mut out = String::new();
-        // Writing to a String cannot fail.
+        // `fmt::Write` for `String` never returns an error.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
@@ -386,8 +404,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The counter of upstream errors of `kind`, for code that counts
-    /// without access to the gateway.
+    /// Returns the counter of upstream errors of `kind`, for code that
+    /// counts without access to the gateway.
     pub fn upstream_error_counter(&self, kind: &'static str) -> Counter {
         self.upstream_errors
             .get_or_create_owned(&KindLabels { kind })
@@ -408,7 +426,7 @@ impl Metrics {
         OpenGuard(self.connections_open.clone())
     }
 
-    /// The message and byte counters of one direction.
+    /// Returns the message and byte counters of one direction.
     pub fn websocket_traffic(&self, direction: Direction) -> Traffic {
         let labels = DirectionLabels {
             direction: direction.as_str(),
@@ -534,14 +552,14 @@ fn read_cpu_seconds() -> Option<f64> {
     Some((user + system) as f64 / USER_HZ)
 }
 
-/// The value in KiB of a `/proc/self/status` line such as `VmRSS:`.
+/// Reads the value in KiB of a `/proc/self/status` line such as `VmRSS:`.
 fn read_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line[field.len()..].split_whitespace().next()?.parse().ok()
 }
 
-/// The soft limit of "Max open files" in `/proc/self/limits`.
+/// Reads the soft limit of "Max open files" in `/proc/self/limits`.
 fn read_open_files_limit() -> Option<i64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits
@@ -613,6 +631,7 @@ mod tests {
         metrics
             .websocket_traffic(Direction::ClientToUpstream)
             .message(10);
+
         let text = metrics.render();
         let two_xx = r#"cartesia_gateway_requests_total{route="/tts/bytes",status_class="2xx"}"#;
         assert_eq!(sample(&text, two_xx), Some(2.0), "{text}");

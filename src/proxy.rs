@@ -44,9 +44,9 @@ use crate::query;
 use crate::tokens::{MintedToken, TokenSource};
 use crate::upstream::{self, HttpClient};
 
-/// Longest time a rejected request's body is read and thrown away.
+/// Maximum time a rejected request's body is read and thrown away.
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest pause between two parts of a rejected request's body.
+/// Maximum pause between two parts of a rejected request's body.
 const DISCARD_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads and drops the body of a request the gateway rejected, in the
@@ -55,7 +55,7 @@ const DISCARD_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that sends its body without waiting for `100 Continue` (every
 /// browser, Node's `fetch`) is still writing when the rejection is sent. If
 /// the gateway closed the connection with body bytes unread, the kernel
-/// would answer them with a reset, and the client would see a broken
+/// would reply to them with a reset, and the client would see a broken
 /// connection instead of the JSON error. Reading goes on for at most
 /// [`DISCARD_TIMEOUT`], and stops after a pause of [`DISCARD_IDLE_TIMEOUT`];
 /// then the connection closes as before.

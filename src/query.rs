@@ -26,11 +26,11 @@ pub fn values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Cow<'a,
 
 /// Most parameters [`redacted`] lists before it stops.
 const MAX_LOGGED_PARAMS: usize = 32;
-/// Longest parameter name [`redacted`] shows.
+/// Maximum length of a parameter name that [`redacted`] shows.
 const MAX_LOGGED_NAME: usize = 40;
 
-/// The query for logs: each parameter's name followed by `=<redacted>` when
-/// it has a value. A name longer than 40 bytes or with characters other
+/// Returns the query for logs: each parameter's name, followed by
+/// `=<redacted>` when it has a value. A name longer than 40 bytes or with characters other
 /// than ASCII letters, digits, `_`, `-`, `.`, `[` and `]` is shown as `?`,
 /// so a credential sent where a name belongs is not logged either. After
 /// 32 parameters, `&...` stands for the rest.

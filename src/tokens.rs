@@ -96,7 +96,7 @@ pub enum MintError {
 }
 
 impl MintError {
-    /// The `result` label of a mint that failed this way.
+    /// Returns the `result` label of a mint that failed this way.
     pub fn result_label(&self) -> &'static str {
         match self {
             MintError::Rejected(_) => "rejected",
@@ -185,8 +185,8 @@ impl TokenCache {
     }
 
     /// Mints one token outside the cache and drops it, to find out whether
-    /// minting works; the outcome reaches the metrics and readiness like any
-    /// other mint.
+    /// minting works. The outcome reaches the metrics and readiness like
+    /// that of any other mint.
     pub async fn recheck(&self) {
         match self.minter.mint(Grant::Tts, Duration::ZERO).await {
             Ok(_) => tracing::info!("minting works again"),

@@ -234,12 +234,12 @@ async fn access_events_have_the_fields_and_no_secrets() {
         .faults()
         .delay_mints(Some(Duration::from_secs(2)));
     let slow = format!("Bearer {}", harness.session("access-slow-user", &["tts"]));
-    let gone = tokio::time::timeout(
+    let timed_out = tokio::time::timeout(
         Duration::from_millis(300),
         post_tts_bytes(&harness, "/tts/bytes", &[("authorization", &slow)]),
     )
     .await;
-    assert!(gone.is_err(), "the client gave up before the response");
+    assert!(timed_out.is_err(), "the client gave up before the response");
     let left = log
         .wait_for(|event| event["user_id"] == "access-slow-user")
         .await;

@@ -1153,7 +1153,8 @@ async fn rejected_upload_gets_json_error() {
     for (case, session) in cases {
         for version in PROTOCOLS {
             // The client sends the whole body without waiting for 100
-            // Continue, as browsers do; the gateway answers before reading it.
+            // Continue, as browsers do, and the gateway responds before
+            // reading it.
             let mut request = Request::post(format!("{}/stt", harness.url()))
                 .header("content-type", "application/octet-stream");
             if let Some(session) = session {

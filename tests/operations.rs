@@ -49,6 +49,16 @@ async fn http_requests_move_metrics() {
     let before = scrape(&harness).await;
     let ok = r#"cartesia_gateway_requests_total{route="/tts/bytes",status_class="2xx"}"#;
     assert_eq!(metric(&before, ok), 0.0, "{before}");
+    for series in [
+        r#"cartesia_gateway_session_rejections_total{reason="missing"} 0"#,
+        r#"cartesia_gateway_token_mints_total{result="success"} 0"#,
+        r#"cartesia_gateway_websockets_open{route="/stt/websocket"} 0"#,
+    ] {
+        assert!(
+            before.lines().any(|line| line == series),
+            "{series} is exposed before any event: {before}"
+        );
+    }
     assert_eq!(
         metric(&before, "cartesia_gateway_ready"),
         1.0,
@@ -322,7 +332,7 @@ async fn readiness_turns_false_when_shutdown_begins() {
 }
 
 #[tokio::test]
-async fn rejected_api_key_makes_unready_until_a_mint_succeeds() {
+async fn rejected_key_unready_until_mint() {
     let harness = start_with_admin(Options::default()).await;
     harness.stand_in.faults().fail_mints_with(Some(401));
     let session = harness.session("rejected-key-user", &["tts"]);

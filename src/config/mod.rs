@@ -342,7 +342,7 @@ impl Config {
     }
 }
 
-/// Whether two listen addresses would take the same port: equal ports
+/// Returns whether two listen addresses would take the same port: equal ports
 /// (other than 0, which picks a free one) on equal addresses, or on any
 /// address when one of them is unspecified (`0.0.0.0` or `::`).
 pub(crate) fn listeners_collide(first: SocketAddr, second: SocketAddr) -> bool {

@@ -988,6 +988,7 @@ fn errors_from_overrides_name_the_variable() {
         unknown.contains("CARTESIA_GATEWAY__SERVER__LISEN"),
         "{unknown}"
     );
+
     let from_file = rejection("[server]\nlisten = \"nonsense\"\n");
     assert!(!from_file.contains("environment"), "{from_file}");
     let wrong_type = Config::from_toml_str(

@@ -118,7 +118,7 @@ impl Minter {
         }
     }
 
-    /// Counts an attempt and tells readiness whether minting works.
+    /// Counts an attempt and records in readiness whether minting works.
     fn report(&self, result: &Result<MintedToken, MintError>, duration: Duration) {
         match result {
             Ok(_) => {

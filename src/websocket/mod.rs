@@ -54,9 +54,10 @@ use crate::shutdown::Shutdown;
 use crate::tokens::TokenSource;
 use crate::upstream::{self, Upstream};
 
-/// Read buffer of each leg of a relayed WebSocket. tungstenite allocates it
-/// up front, 128 KiB by default, so two per WebSocket dominated the memory
-/// of idle WebSockets; a larger message still arrives in several reads.
+/// Read buffer size of each leg of a relayed WebSocket. tungstenite
+/// allocates the buffer up front, 128 KiB by default, so two of those
+/// dominated the memory of an idle WebSocket. A larger message still
+/// arrives, in several reads.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Makes the upstream handshake for an authorized client handshake and, on
@@ -222,7 +223,7 @@ fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// What the relay reports to when the WebSocket ends.
+/// Receivers of the relay's report when the WebSocket ends.
 struct Relayed {
     metrics: SharedMetrics,
     /// The handshake's access record, written when the relay ends.

@@ -365,7 +365,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
     }
 }
 
-/// The value of the sample whose name and labels are `series`, such as
+/// Returns the value of the sample whose name and labels are `series`, such as
 /// `cartesia_gateway_requests_total{route="/tts/bytes",status_class="2xx"}`,
 /// in a metrics text; 0 when the series is absent.
 pub fn metric(text: &str, series: &str) -> f64 {
