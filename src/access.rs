@@ -1,11 +1,11 @@
 //! The access log: one event per request or WebSocket session, on the
 //! `access` target, at info.
 //!
-//! The event carries only the fields listed on [`AccessRecord`]. Query
+//! The event carries only the fields that `Facts::write` names. Query
 //! values are redacted, users appear by id, and no header, cookie, JWT or
 //! token is ever recorded. An HTTP request's event is written when its
-//! response body ends or the client goes away; a WebSocket's when the relay
-//! has closed both sides.
+//! response body ends or the client goes away. A WebSocket's is written
+//! when the relay has closed both sides.
 //!
 //! The record also feeds the request metrics: the duration and time to
 //! first byte histograms are observed when the event is written, or for a
